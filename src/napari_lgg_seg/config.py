@@ -1,0 +1,84 @@
+"""Training configuration (a dataclass, read from TOML files in ``training/configs``)."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run; saved with every checkpoint."""
+
+    name: str = "run"
+    # loss
+    loss: str = "weighted_bce_dice"  # "bce_dice" (baseline) or "weighted_bce_dice"
+    pos_weight: float = 3.0
+    # optimisation
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    batch_size: int = 8
+    epochs: int = 20
+    steps_per_epoch: int | None = None  # None: one pass over the training slices
+    scheduler: str = "plateau"  # "plateau" (ReduceLROnPlateau) or "cosine" (warm-up + cosine)
+    plateau_factor: float = 0.5
+    plateau_patience: int = 3
+    warmup_steps: int = 0
+    min_lr: float = 1e-6
+    # sampling and augmentation
+    crop_size: int | None = None  # train on random crops (multiple of 16); None: whole slices
+    tumour_fraction: float | None = None  # share of samples drawn from tumour slices; None: natural
+    flip: bool = True
+    rotate_degrees: float = 15.0
+    scale_min: float = 0.9
+    scale_max: float = 1.1
+    intensity: float = 0.1
+    # data split (by patient)
+    seed: int = 0
+    val_fraction: float = 0.15
+    test_fraction: float = 0.0
+    train_patients: list[str] = field(default_factory=list)
+    val_patients: list[str] = field(default_factory=list)
+    test_patients: list[str] = field(default_factory=list)
+    # hardware
+    device: str = "auto"
+    precision: str = "auto"  # "auto" (bf16 where the CPU/GPU is fast at it), "bf16", "fp32"
+    num_threads: int = 0  # 0: torch's default
+    val_batch_size: int = 16
+    # start from weights (fine-tuning); "" for scratch
+    init_weights: str = ""
+    threshold: float = 0.5
+    cache_dir: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        names = {f.name for f in fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown training option(s): {', '.join(sorted(unknown))}")
+        return cls(**d)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> TrainConfig:
+        """Read a TOML config (flat keys, as in ``training/configs``)."""
+        path = Path(path)
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+        data.setdefault("name", path.stem)
+        return cls.from_dict(data)
+
+    def validate(self) -> None:
+        if self.loss not in ("bce_dice", "weighted_bce_dice"):
+            raise ValueError(f"loss must be 'bce_dice' or 'weighted_bce_dice', not {self.loss!r}")
+        if self.scheduler not in ("plateau", "cosine"):
+            raise ValueError(f"scheduler must be 'plateau' or 'cosine', not {self.scheduler!r}")
+        if self.crop_size is not None and (self.crop_size % 16 or self.crop_size < 32):
+            raise ValueError("crop_size must be a multiple of 16 and at least 32")
+        if self.batch_size < 1 or self.epochs < 1:
+            raise ValueError("batch_size and epochs must be positive")
+        if not 0 <= self.val_fraction < 1 or not 0 <= self.test_fraction < 1:
+            raise ValueError("val_fraction and test_fraction must be in [0, 1)")

@@ -1,0 +1,237 @@
+"""U-Net inference on whole patient volumes and 3D post-processing (Qt-free)."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .transforms import normalize, pad_to_multiple, to_tensor_batch, volume_channel_stats
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+HEAD_THRESHOLD = 10  # uint8 level above which a pixel counts as head (any channel)
+
+
+def available_devices() -> list[str]:
+    """Device choices present on this machine ("auto" first)."""
+    found = ["auto", "cpu"]
+    if torch.cuda.is_available():
+        found.append("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        found.append("mps")
+    return found
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """Turn auto / cpu / cuda / mps into a torch device; unknown or absent devices raise."""
+    device = (device or "auto").lower()
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if device not in DEVICES:
+        raise ValueError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
+    if device not in available_devices():
+        raise ValueError(f"device {device!r} is not available here; choose one of {', '.join(available_devices())}")
+    return torch.device(device)
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_fast_bf16() -> bool:
+    """True when the CPU has native bf16 matmul (AVX512-BF16 or AMX); read from the CPU flags.
+
+    Override with ``LGG_SEG_CPU_BF16=0/1``.
+    """
+    forced = os.environ.get("LGG_SEG_CPU_BF16")
+    if forced is not None:
+        return forced.strip() not in ("0", "false", "no", "")
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool({"avx512_bf16", "amx_bf16"} & flags)
+    except OSError:
+        pass
+    return False
+
+
+def autocast_context(device: torch.device, precision: str = "auto"):
+    """bf16 autocast on CPUs with native bf16 and on CUDA; fp16 on MPS; else a no-op."""
+    precision = precision.lower()
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    if device.type == "cpu":
+        if precision == "bf16" or (precision == "auto" and cpu_has_fast_bf16()):
+            return torch.autocast("cpu", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+    if device.type == "cuda":
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+    if device.type == "mps" and precision in ("auto", "fp16"):
+        return torch.autocast("mps", dtype=torch.float16)
+    return contextlib.nullcontext()
+
+
+def prepare_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """Eval mode on the device, channels_last memory format (fast on CPU and GPU)."""
+    model = model.to(device).eval()
+    return model.to(memory_format=torch.channels_last)
+
+
+@dataclass
+class PostProcessing:
+    """Threshold and 3D clean-up applied to probabilities."""
+
+    threshold: float = 0.5
+    min_lesion_voxels: int = 0
+    keep_largest: bool = False
+    fill_holes: bool = False
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> PostProcessing:
+        d = d or {}
+        return cls(**{k: d[k] for k in ("threshold", "min_lesion_voxels", "keep_largest", "fill_holes") if k in d})
+
+
+def postprocess(probabilities: np.ndarray, settings: PostProcessing | None = None) -> np.ndarray:
+    """Binary (Z, H, W) uint8 mask from probabilities: threshold, small-lesion removal, largest
+    3D component, per-slice hole filling."""
+    from scipy import ndimage
+
+    s = settings or PostProcessing()
+    mask = np.asarray(probabilities) >= s.threshold
+    if (s.min_lesion_voxels > 0 or s.keep_largest) and mask.any():
+        labels, n = ndimage.label(mask, structure=ndimage.generate_binary_structure(3, 1))
+        if n > 0:
+            sizes = np.bincount(labels.ravel())[1:]
+            keep = sizes >= max(s.min_lesion_voxels, 1)
+            if s.keep_largest and keep.any():
+                largest = int(np.argmax(np.where(keep, sizes, -1)))
+                keep = np.zeros_like(keep)
+                keep[largest] = True
+            mask = np.concatenate([[False], keep])[labels]
+    if s.fill_holes and mask.any():
+        for z in np.flatnonzero(mask.reshape(mask.shape[0], -1).any(axis=1)):
+            mask[z] = ndimage.binary_fill_holes(mask[z])
+    return mask.astype(np.uint8)
+
+
+def head_bounding_box(images: np.ndarray, margin: int = 16, multiple: int = 16) -> tuple[slice, slice]:
+    """Bounding box (rows, cols) of the head over a (N, H, W, C) batch, padded and rounded up."""
+    head = (images > HEAD_THRESHOLD).any(axis=(0, 3))
+    h, w = head.shape
+    rows, cols = np.flatnonzero(head.any(axis=1)), np.flatnonzero(head.any(axis=0))
+    if rows.size == 0:
+        return slice(0, h), slice(0, w)
+
+    def span(lo: int, hi: int, size: int) -> slice:
+        lo, hi = max(lo - margin, 0), min(hi + 1 + margin, size)
+        length = min(-(-(hi - lo) // multiple) * multiple, size)
+        lo = max(min(lo, size - length), 0)
+        return slice(lo, lo + length)
+
+    return span(rows[0], rows[-1], h), span(cols[0], cols[-1], w)
+
+
+def iter_predict_volume(
+    model: torch.nn.Module,
+    images: np.ndarray,
+    *,
+    device: str | torch.device = "auto",
+    batch_size: int = 16,
+    tta: bool = False,
+    precision: str = "auto",
+    crop_to_head: bool = True,
+    skip_empty: bool = True,
+    stats: np.ndarray | None = None,
+) -> Iterator[tuple[int, int, np.ndarray | None]]:
+    """Yield ``(slices_done, total, None)`` while predicting, then ``(total, total, probs)``.
+
+    ``images`` is (Z, H, W, 3) uint8; ``probs`` is (Z, H, W) float32 tumour probability. Slices
+    without head (all pixels dark) get probability 0 without running the network. With
+    ``crop_to_head`` each batch is cropped to the head's bounding box (plus a margin) and pasted
+    back. ``tta`` averages the prediction with that of the left-right flipped image.
+    """
+    images = np.asarray(images)
+    if images.ndim == 3:
+        images = images[None]
+    if images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(f"expected a (Z, H, W, 3) volume; got shape {images.shape}")
+    if images.dtype != np.uint8:
+        raise ValueError(f"expected uint8 images; got {images.dtype}")
+    dev = device if isinstance(device, torch.device) else resolve_device(device)
+    z, h, w, _ = images.shape
+    probs = np.zeros((z, h, w), np.float32)
+    if stats is None:
+        stats = volume_channel_stats(images)
+    stats_t = torch.from_numpy(np.asarray(stats, np.float32))[None]
+    indices = np.arange(z)
+    if skip_empty:
+        indices = indices[(images > HEAD_THRESHOLD).reshape(z, -1).any(axis=1)]
+    done = z - indices.size
+    yield done, z, None
+    param = next(model.parameters())
+    if param.device != dev:
+        model = model.to(dev)
+    with torch.inference_mode(), autocast_context(dev, precision):
+        for start in range(0, indices.size, batch_size):
+            idx = indices[start:start + batch_size]
+            batch = images[idx]
+            rows, cols = head_bounding_box(batch) if crop_to_head else (slice(0, h), slice(0, w))
+            x = to_tensor_batch(batch[:, rows, cols])
+            x = normalize(x, stats_t.expand(len(idx), -1, -1))
+            x, (ch, cw) = pad_to_multiple(x)
+            x = x.to(dev).contiguous(memory_format=torch.channels_last)
+            p = torch.sigmoid(model(x).float())
+            if tta:
+                p = 0.5 * (p + torch.sigmoid(model(torch.flip(x, dims=[3])).float()).flip(dims=[3]))
+            probs[idx, rows, cols] = p[:, 0, :ch, :cw].cpu().numpy()
+            done += len(idx)
+            yield done, z, None
+    yield z, z, probs
+
+
+def predict_volume(
+    model: torch.nn.Module,
+    images: np.ndarray,
+    *,
+    progress: Callable[[int, int], None] | None = None,
+    **kwargs,
+) -> np.ndarray:
+    """(Z, H, W, 3) uint8 volume -> (Z, H, W) float32 tumour probability (see ``iter_predict_volume``)."""
+    result = None
+    for done, total, probs in iter_predict_volume(model, images, **kwargs):
+        if progress is not None:
+            progress(done, total)
+        if probs is not None:
+            result = probs
+    assert result is not None
+    return result
+
+
+def resize_for_model(images: np.ndarray, size: int = 256) -> tuple[np.ndarray, tuple[int, int]]:
+    """Resize (Z, H, W, 3) slices whose size is far from the training size; returns original (H, W)."""
+    z, h, w, c = images.shape
+    if h == size and w == size:
+        return images, (h, w)
+    t = torch.from_numpy(images).permute(0, 3, 1, 2).float()
+    t = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False)
+    out = t.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return np.ascontiguousarray(out), (h, w)
+
+
+def resize_probabilities(probs: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Resize (Z, h, w) probabilities back to (Z, H, W)."""
+    if probs.shape[1:] == tuple(shape):
+        return probs
+    t = torch.from_numpy(probs)[:, None]
+    return F.interpolate(t, size=shape, mode="bilinear", align_corners=False)[:, 0].numpy()

@@ -1,0 +1,400 @@
+"""Reading and writing patients in the LGG dataset layout (Qt-free).
+
+Layout: ``<ROOT>/<PATIENT>/<PATIENT>_<k>.tif`` (H x W x 3 uint8) with optional
+``<PATIENT>_<k>_mask.tif`` (H x W uint8, 0/255). Slices are ordered by the integer ``k``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+CHANNEL_NAMES = ("pre-contrast", "FLAIR", "post-contrast")
+FLAIR_CHANNEL = 1
+TIFF_SUFFIXES = (".tif", ".tiff")
+MAX_SLICE_PIXELS = 4096 * 4096
+
+_SLICE_RE = re.compile(r"^(?P<patient>.+)_(?P<k>\d+)(?P<mask>_mask)?\.tiff?$", re.IGNORECASE)
+
+
+class LGGFormatError(ValueError):
+    """Input that looks like LGG data but cannot be read; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class SliceName:
+    """Parsed ``<PATIENT>_<k>[_mask].tif`` file name."""
+
+    patient: str
+    index: int
+    is_mask: bool
+
+
+def parse_slice_name(name: str) -> SliceName | None:
+    """Parse a slice file name; ``None`` when it is not in the dataset's naming scheme."""
+    match = _SLICE_RE.match(name)
+    if match is None:
+        return None
+    return SliceName(match["patient"], int(match["k"]), match["mask"] is not None)
+
+
+def sort_slice_files(names: Iterable[str]) -> list[str]:
+    """Order slice file names by patient, then integer slice number (``_2`` before ``_10``)."""
+
+    def key(name: str):
+        parsed = parse_slice_name(Path(name).name)
+        if parsed is None:
+            return ("", 0, True, name)
+        return (parsed.patient, parsed.index, parsed.is_mask, name)
+
+    return sorted(names, key=key)
+
+
+@dataclass
+class Patient:
+    """One patient volume: images (Z, H, W, 3) uint8 and optional masks (Z, H, W) uint8 in {0, 1}."""
+
+    patient_id: str
+    images: np.ndarray
+    masks: np.ndarray | None
+    slice_numbers: list[int]
+    image_files: list[str]
+    mask_files: list[str | None]
+    folder: str
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def num_slices(self) -> int:
+        return int(self.images.shape[0])
+
+    def metadata(self) -> dict:
+        """JSON-able description used as napari layer metadata (export needs it)."""
+        return {
+            "lgg_patient_id": self.patient_id,
+            "lgg_folder": self.folder,
+            "lgg_slice_numbers": list(self.slice_numbers),
+            "lgg_image_files": list(self.image_files),
+            "lgg_mask_files": list(self.mask_files),
+        }
+
+
+def _tiff_files(folder: Path) -> list[Path]:
+    try:
+        entries = list(os.scandir(folder))
+    except PermissionError as err:
+        raise LGGFormatError(f"Cannot list {folder}: permission denied.") from err
+    return [Path(e.path) for e in entries if e.name.lower().endswith(TIFF_SUFFIXES) and e.is_file()]
+
+
+def is_patient_folder(path: str | os.PathLike) -> bool:
+    """True when ``path`` is a folder holding at least one ``<PATIENT>_<k>.tif`` image slice."""
+    path = Path(path)
+    if not path.is_dir():
+        return False
+    try:
+        with os.scandir(path) as it:
+            for entry in it:
+                parsed = parse_slice_name(entry.name)
+                if parsed is not None and not parsed.is_mask:
+                    return True
+    except OSError:
+        return False
+    return False
+
+
+def find_patient_folders(root: str | os.PathLike) -> list[Path]:
+    """Patient folders directly below a dataset root (sorted by name); the root itself if it is one."""
+    root = Path(root)
+    if is_patient_folder(root):
+        return [root]
+    if not root.is_dir():
+        return []
+    try:
+        children = sorted(p for p in root.iterdir() if p.is_dir() and not p.is_symlink() or
+                          (p.is_symlink() and p.is_dir() and not _points_inside(p, root)))
+    except OSError:
+        return []
+    return [p for p in children if is_patient_folder(p)]
+
+
+def _points_inside(link: Path, root: Path) -> bool:
+    """True when a symlinked folder resolves to ``root`` or one of its parents (a loop)."""
+    try:
+        target = link.resolve(strict=True)
+    except (OSError, RuntimeError):
+        return True
+    root_resolved = root.resolve()
+    return target == root_resolved or target in root_resolved.parents
+
+
+def is_dataset_root(path: str | os.PathLike) -> bool:
+    """True when ``path`` is a folder of patient folders (and not a patient folder itself)."""
+    path = Path(path)
+    return path.is_dir() and not is_patient_folder(path) and bool(find_patient_folders(path))
+
+
+def _to_rgb_uint8(array: np.ndarray, file: Path, notes: list[str]) -> np.ndarray:
+    """Bring an image slice to (H, W, 3) uint8; single channel becomes FLAIR replicated."""
+    arr = np.asarray(array)
+    if arr.ndim == 3 and arr.shape[0] in (3, 4) and arr.shape[-1] not in (3, 4):
+        arr = np.moveaxis(arr, 0, -1)
+    if arr.ndim == 2:
+        notes.append(f"{file.name}: single-channel image, used as FLAIR for all three channels")
+        arr = np.repeat(arr[..., None], 3, axis=-1)
+    elif arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = np.repeat(arr, 3, axis=-1)
+    elif arr.ndim == 3 and arr.shape[-1] == 4:
+        notes.append(f"{file.name}: RGBA image, alpha channel dropped")
+        arr = arr[..., :3]
+    elif not (arr.ndim == 3 and arr.shape[-1] == 3):
+        raise LGGFormatError(
+            f"{file}: image has shape {arr.shape}; expected H x W x 3 (pre-contrast, FLAIR, "
+            "post-contrast), H x W, or H x W x 4."
+        )
+    if arr.dtype == np.uint8:
+        return np.ascontiguousarray(arr)
+    if arr.dtype == bool:
+        return arr.astype(np.uint8) * 255
+    if not np.issubdtype(arr.dtype, np.number):
+        raise LGGFormatError(f"{file}: unsupported pixel type {arr.dtype}.")
+    data = arr.astype(np.float64)
+    if not np.all(np.isfinite(data)):
+        data = np.nan_to_num(data, nan=0.0, posinf=0.0, neginf=0.0)
+    lo, hi = float(data.min()), float(data.max())
+    notes.append(f"{file.name}: {arr.dtype} image rescaled to 0-255")
+    if hi <= lo:
+        return np.zeros(arr.shape, np.uint8)
+    return np.clip(np.round((data - lo) / (hi - lo) * 255.0), 0, 255).astype(np.uint8)
+
+
+def _to_binary_mask(array: np.ndarray, file: Path) -> np.ndarray:
+    arr = np.asarray(array)
+    if arr.ndim == 3 and arr.shape[-1] in (3, 4):
+        arr = arr[..., 0]
+    if arr.ndim != 2:
+        raise LGGFormatError(f"{file}: mask has shape {arr.shape}; expected H x W.")
+    return (arr > 0).astype(np.uint8)
+
+
+def read_tiff(path: str | os.PathLike) -> np.ndarray:
+    """Read one TIFF page with a clear error for missing, unreadable, corrupt or huge files."""
+    import tifffile
+
+    path = Path(path)
+    try:
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages[0]
+            shape = page.shape
+            if int(np.prod(shape[:2])) > MAX_SLICE_PIXELS:
+                raise LGGFormatError(
+                    f"{path}: image of {shape[0]} x {shape[1]} pixels is too large for a slice "
+                    f"(limit {MAX_SLICE_PIXELS} pixels)."
+                )
+            return page.asarray()
+    except LGGFormatError:
+        raise
+    except PermissionError as err:
+        raise LGGFormatError(f"{path}: permission denied; check the file's access rights.") from err
+    except FileNotFoundError as err:
+        raise LGGFormatError(f"{path}: file not found.") from err
+    except Exception as err:  # tifffile raises several types for damaged files
+        raise LGGFormatError(
+            f"{path}: not a readable TIFF ({type(err).__name__}: {err}). The file may be truncated "
+            "or corrupt; re-copy it from the source."
+        ) from err
+
+
+def load_patient(path: str | os.PathLike) -> Patient:
+    """Load a patient folder (or any slice file in it) as one volume in numeric slice order."""
+    path = Path(path)
+    if path.is_file():
+        path = path.parent
+    if not path.is_dir():
+        raise LGGFormatError(f"{path}: no such folder.")
+    files = _tiff_files(path)
+    if not files:
+        raise LGGFormatError(f"{path}: no TIFF files found; expected <PATIENT>_<k>.tif slices.")
+    images: dict[int, Path] = {}
+    masks: dict[int, Path] = {}
+    patients: set[str] = set()
+    notes: list[str] = []
+    for file in files:
+        parsed = parse_slice_name(file.name)
+        if parsed is None:
+            notes.append(f"{file.name}: not named <PATIENT>_<k>.tif, ignored")
+            continue
+        patients.add(parsed.patient)
+        target = masks if parsed.is_mask else images
+        if parsed.index in target:
+            raise LGGFormatError(
+                f"{path}: slice number {parsed.index} appears twice ({target[parsed.index].name} and "
+                f"{file.name}); remove one of them."
+            )
+        target[parsed.index] = file
+    if not images:
+        if masks:
+            raise LGGFormatError(
+                f"{path}: found {len(masks)} mask files but no image slices; the images "
+                "<PATIENT>_<k>.tif are needed."
+            )
+        raise LGGFormatError(f"{path}: no files named <PATIENT>_<k>.tif.")
+    if len(patients) > 1:
+        raise LGGFormatError(
+            f"{path}: slices of several patients in one folder ({', '.join(sorted(patients))}); "
+            "put each patient in its own folder."
+        )
+    patient_id = patients.pop()
+    numbers = sorted(images)
+    expected = set(range(numbers[0], numbers[-1] + 1))
+    if set(numbers) != expected:
+        missing = sorted(expected - set(numbers))
+        notes.append(f"slice numbers have gaps (missing {missing[:10]}{'...' if len(missing) > 10 else ''})")
+    orphan_masks = sorted(set(masks) - set(images))
+    if orphan_masks:
+        notes.append(f"masks without images ignored for slices {orphan_masks[:10]}")
+
+    slices = []
+    for k in numbers:
+        slices.append(_to_rgb_uint8(read_tiff(images[k]), images[k], notes))
+    shapes = {s.shape for s in slices}
+    if len(shapes) > 1:
+        by_shape: dict[tuple, int] = {}
+        for k, s in zip(numbers, slices):
+            by_shape.setdefault(s.shape, k)
+        detail = ", ".join(f"{shape[:2]} (e.g. slice {k})" for shape, k in by_shape.items())
+        raise LGGFormatError(f"{path}: slices have different sizes: {detail}. All slices must match.")
+    volume = np.stack(slices)
+
+    mask_volume = None
+    if masks:
+        mask_slices = []
+        for k, image in zip(numbers, slices):
+            if k in masks:
+                m = _to_binary_mask(read_tiff(masks[k]), masks[k])
+                if m.shape != image.shape[:2]:
+                    raise LGGFormatError(
+                        f"{masks[k]}: mask is {m.shape} but its image is {image.shape[:2]}."
+                    )
+            else:
+                m = np.zeros(image.shape[:2], np.uint8)
+            mask_slices.append(m)
+        missing_masks = [k for k in numbers if k not in masks]
+        if missing_masks:
+            notes.append(f"{len(missing_masks)} slices have no mask file; treated as empty")
+        mask_volume = np.stack(mask_slices)
+    for note in notes:
+        warnings.warn(f"{patient_id}: {note}", stacklevel=2)
+    return Patient(
+        patient_id=patient_id,
+        images=volume,
+        masks=mask_volume,
+        slice_numbers=numbers,
+        image_files=[str(images[k]) for k in numbers],
+        mask_files=[str(masks[k]) if k in masks else None for k in numbers],
+        folder=str(path),
+        warnings=notes,
+    )
+
+
+def sanitize_name(name: str) -> str:
+    """Make a patient or layer name safe as a single path component (no separators, no ``..``)."""
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", str(name)).strip("._")
+    cleaned = cleaned.replace("..", "_")
+    return cleaned or "patient"
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write a file through a temporary file in the same folder and an atomic rename."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _write_tiff(path: Path, array: np.ndarray) -> None:
+    import tifffile
+
+    tifffile.imwrite(path, array, compression="zlib", photometric="minisblack" if array.ndim == 2 else "rgb")
+
+
+def write_patient_folder(
+    out_root: str | os.PathLike,
+    patient_id: str,
+    masks: np.ndarray,
+    *,
+    images: np.ndarray | None = None,
+    image_files: list[str] | None = None,
+    slice_numbers: list[int] | None = None,
+    sidecar: dict | None = None,
+    overwrite: bool = False,
+    masks_only: bool = False,
+) -> Path:
+    """Write a patient in the dataset layout, atomically (temporary folder, then rename).
+
+    Images are copied byte for byte from ``image_files`` when those exist, else written from
+    ``images``. Masks are written as uint8 0/255. Raises ``FileExistsError`` when the patient
+    folder exists and ``overwrite`` is false.
+    """
+    out_root = Path(out_root)
+    patient_id = sanitize_name(patient_id)
+    masks = np.asarray(masks)
+    if masks.ndim == 2:
+        masks = masks[None]
+    if masks.ndim != 3:
+        raise LGGFormatError(f"masks must be (Z, H, W); got shape {masks.shape}.")
+    z = masks.shape[0]
+    numbers = list(slice_numbers) if slice_numbers is not None else list(range(1, z + 1))
+    if len(numbers) != z:
+        raise LGGFormatError(f"{len(numbers)} slice numbers for {z} mask slices.")
+    if not masks_only and images is None and image_files is None:
+        raise LGGFormatError("images or image_files are needed to write a training folder.")
+    target = out_root / patient_id
+    if target.exists() and not overwrite:
+        raise FileExistsError(
+            f"{target} already exists; choose another output folder or allow overwriting."
+        )
+    out_root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_root, prefix=f".{patient_id}.partial-"))
+    try:
+        for i, k in enumerate(numbers):
+            if not masks_only:
+                image_path = tmp / f"{patient_id}_{k}.tif"
+                source = image_files[i] if image_files is not None else None
+                if source is not None and Path(source).is_file():
+                    shutil.copyfile(source, image_path)
+                elif images is not None:
+                    _write_tiff(image_path, np.asarray(images[i], dtype=np.uint8))
+                else:
+                    raise LGGFormatError(f"source image {source} is missing and no pixels were given.")
+            mask = (masks[i] > 0).astype(np.uint8) * 255
+            _write_tiff(tmp / f"{patient_id}_{k}_mask.tif", mask)
+        if sidecar is not None:
+            (tmp / "lgg_seg_export.json").write_text(json.dumps(sidecar, indent=2, default=str))
+        if target.exists():
+            backup = out_root / f".{patient_id}.replaced-{os.getpid()}"
+            os.replace(target, backup)
+            os.replace(tmp, target)
+            shutil.rmtree(backup, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target

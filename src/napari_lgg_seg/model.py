@@ -1,0 +1,225 @@
+"""The lightweight U-Net (about 7.77 M parameters) and its checkpoint format."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import io as _io
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+CHECKPOINT_FORMAT = "napari-lgg-seg/1"
+DEFAULT_MODEL_PATH = Path(__file__).with_name("models") / "lgg_unet_default.pt"
+
+
+@dataclass
+class ModelConfig:
+    """Architecture of the U-Net; stored in every checkpoint."""
+
+    in_channels: int = 3
+    out_channels: int = 1
+    features: tuple[int, ...] = (32, 64, 128, 256)
+    bottleneck: int = 512
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["features"] = list(self.features)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelConfig:
+        d = dict(d)
+        if "features" in d:
+            d["features"] = tuple(int(f) for f in d["features"])
+        known = {k: d[k] for k in ("in_channels", "out_channels", "features", "bottleneck") if k in d}
+        return cls(**known)
+
+
+class DoubleConv(nn.Sequential):
+    """(3x3 conv, BatchNorm, ReLU) twice."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__(
+            nn.Conv2d(in_channels, out_channels, 3, padding=1),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(out_channels, out_channels, 3, padding=1),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True),
+        )
+
+
+class UNet(nn.Module):
+    """U-Net with 4 encoder blocks, a bottleneck and 4 decoder blocks; returns logits.
+
+    Input height and width must be multiples of 16 (``inference`` pads for you).
+    """
+
+    def __init__(self, config: ModelConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or ModelConfig()
+        c = self.config
+        self.encoders = nn.ModuleList()
+        channels = c.in_channels
+        for f in c.features:
+            self.encoders.append(DoubleConv(channels, f))
+            channels = f
+        self.pool = nn.MaxPool2d(2)
+        self.bottleneck = DoubleConv(channels, c.bottleneck)
+        self.upsamples = nn.ModuleList()
+        self.decoders = nn.ModuleList()
+        channels = c.bottleneck
+        for f in reversed(c.features):
+            self.upsamples.append(nn.ConvTranspose2d(channels, f, kernel_size=2, stride=2))
+            self.decoders.append(DoubleConv(2 * f, f))
+            channels = f
+        self.head = nn.Conv2d(channels, c.out_channels, kernel_size=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips = []
+        for encoder in self.encoders:
+            x = encoder(x)
+            skips.append(x)
+            x = self.pool(x)
+        x = self.bottleneck(x)
+        for up, decoder, skip in zip(self.upsamples, self.decoders, reversed(skips)):
+            x = up(x)
+            x = decoder(torch.cat([skip, x], dim=1))
+        return self.head(x)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message says why."""
+
+
+@dataclass
+class LoadedModel:
+    """A U-Net with the configuration and metadata of its checkpoint."""
+
+    model: UNet
+    config: dict = field(default_factory=dict)
+    meta: dict = field(default_factory=dict)
+    path: str | None = None
+
+    @property
+    def inference_defaults(self) -> dict:
+        """Threshold / TTA / post-processing chosen on validation patients, if the card has them."""
+        return dict(self.meta.get("inference", {}))
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (str, int, float, bool)) or obj is None:
+        return obj
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "item"):
+        return obj.item()
+    return str(obj)
+
+
+def checkpoint_dict(model: nn.Module, config: dict | None = None, meta: dict | None = None,
+                    half: bool = False) -> dict:
+    """The on-disk checkpoint: state dict, model config, JSON-able config and metadata."""
+    net = model.module if hasattr(model, "module") else model
+    state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
+    if half:
+        state = {k: (v.half() if v.is_floating_point() else v) for k, v in state.items()}
+    meta = dict(meta or {})
+    meta.setdefault("saved", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    meta.setdefault("torch", torch.__version__)
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "model_config": net.config.to_dict(),
+        "state_dict": state,
+        "config": _jsonable(config or {}),
+        "meta": _jsonable(meta),
+    }
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` through a temporary file and rename: a crash never leaves a torn file."""
+    from .io import atomic_write_bytes
+
+    buffer = _io.BytesIO()
+    torch.save(obj, buffer)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        atomic_write_bytes(path, buffer.getvalue())
+    except OSError as err:
+        raise OSError(f"Could not save {path}: {err.strerror or err}. Free disk space and retry.") from err
+
+
+def save_checkpoint(path: str | os.PathLike, model: nn.Module, config: dict | None = None,
+                    meta: dict | None = None, half: bool = False) -> None:
+    """Save weights + config + metadata atomically."""
+    atomic_torch_save(checkpoint_dict(model, config, meta, half=half), path)
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict:
+    """Load a checkpoint dict safely (``weights_only=True``: pickles that run code are refused)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file not found.")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        text = str(err).splitlines()[0] if str(err) else type(err).__name__
+        if "weights_only" in str(err) or "Unsupported global" in str(err):
+            raise CheckpointError(
+                f"{path}: refused: the file contains Python objects other than weights, which could "
+                "run code when loaded. Only load checkpoints saved by napari-lgg-seg."
+            ) from err
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({text}); it may be truncated.") from err
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"{path}: unexpected content ({type(ckpt).__name__}); expected a checkpoint dict.")
+    return ckpt
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> LoadedModel:
+    """Load a U-Net checkpoint (ours, or a bare state dict of the same architecture)."""
+    ckpt = read_checkpoint(path)
+    if "state_dict" in ckpt:
+        state = ckpt["state_dict"]
+        model_config = ModelConfig.from_dict(ckpt.get("model_config", {}))
+    else:
+        state, model_config = ckpt, ModelConfig()
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path}: no state dict of tensors found.")
+    first = state.get("encoders.0.0.weight")
+    if first is not None and first.ndim == 4 and first.shape[1] != model_config.in_channels:
+        model_config.in_channels = int(first.shape[1])
+    if model_config.in_channels != 3:
+        raise CheckpointError(
+            f"{path}: the model was trained on {model_config.in_channels} input channels; this plugin "
+            "feeds 3 (pre-contrast, FLAIR, post-contrast)."
+        )
+    model = UNet(model_config)
+    try:
+        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    except RuntimeError as err:
+        lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()][:4]
+        raise CheckpointError(
+            f"{path}: weights do not fit the lightweight U-Net ({' '.join(lines)[:400]})."
+        ) from err
+    model.to(device).eval()
+    return LoadedModel(model=model, config=dict(ckpt.get("config", {})), meta=dict(ckpt.get("meta", {})),
+                       path=str(path))
+
+
+def default_model_path() -> Path | None:
+    """The model shipped in the package, or ``None`` when none is installed."""
+    return DEFAULT_MODEL_PATH if DEFAULT_MODEL_PATH.is_file() else None
