@@ -23,6 +23,11 @@ def _progress_line(text: str) -> None:
     stream.flush()
 
 
+def _line_break() -> str:
+    """A newline that ends a carriage-return progress line on a terminal; nothing otherwise."""
+    return "\n" if sys.stderr.isatty() else ""
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from .config import TrainConfig
     from .training import train
@@ -37,7 +42,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     if out.exists() and (out / "last.pt").exists() and not args.resume:
         raise CLIError(f"{out} already holds a run; pass --resume to continue it or choose another --out.")
     last_print = 0.0
-    for report in train(config, args.data, out, resume=args.resume):
+    # on --resume the saved run's config is used; --epochs may extend or shorten it
+    epochs = args.epochs if args.resume else None
+    for report in train(config, args.data, out, resume=args.resume, epochs=epochs):
         kind = report["kind"]
         if kind == "start":
             print(f"training on {report['train_slices']} slices, {report['epochs']} epochs x "
@@ -71,6 +78,180 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _first_patient_id(folder: Path) -> str | None:
+    """The patient id of a folder's first image slice (cheap: names only)."""
+    from .io import parse_slice_name
+
+    for name in sorted(q.name for q in folder.iterdir()):
+        parsed = parse_slice_name(name)
+        if parsed is not None and not parsed.is_mask:
+            return parsed.patient
+    return None
+
+
+def _input_folders(path: Path) -> list[Path]:
+    from .io import TIFF_SUFFIXES, find_patient_folders, is_patient_folder, load_patient, parse_slice_name
+
+    if not path.exists():
+        raise CLIError(f"{path}: no such file or folder.")
+    if path.is_file():
+        if parse_slice_name(path.name) is None:
+            raise CLIError(f"{path}: not a patient folder, a dataset root or a <PATIENT>_<k>.tif slice.")
+        path = path.parent
+    if is_patient_folder(path):
+        return [path]
+    folders = find_patient_folders(path)
+    if not folders and any(q.suffix.lower() in TIFF_SUFFIXES for q in path.iterdir()):
+        load_patient(path)  # TIFFs but no image slices: raises the reader's precise message
+    if not folders:
+        raise CLIError(
+            f"{path}: no LGG patient folders found; expected <PATIENT>_<k>.tif slices in it, or a folder "
+            "of such patient folders."
+        )
+    return folders
+
+
+def _same_or_nested(a: Path, b: Path) -> bool:
+    a, b = a.resolve(), b.resolve()
+    return a == b or a in b.parents or b in a.parents
+
+
+def load_inference_model(weights: str | None, device: str = "auto"):
+    """(LoadedModel, torch device, path) for ``--weights`` or the installed default model."""
+    from .inference import resolve_device
+    from .model import default_model_path, load_model
+
+    path = Path(weights) if weights else default_model_path()
+    if path is None:
+        raise CLIError("no default model is installed; pass --weights")
+    dev = resolve_device(device)
+    return load_model(path, device="cpu"), dev, path
+
+
+def inference_settings(loaded, threshold: float | None = None, tta: bool | None = None):
+    """``(PostProcessing, tta)`` from the checkpoint card's inference defaults, with overrides."""
+    from .inference import PostProcessing
+
+    defaults = loaded.inference_defaults
+    settings = PostProcessing.from_dict(defaults)
+    if threshold is not None:
+        if not 0.0 < threshold < 1.0:
+            raise CLIError(f"--threshold must be between 0 and 1 (exclusive); got {threshold}.")
+        settings.threshold = float(threshold)
+    use_tta = bool(defaults.get("tta", False)) if tta is None else bool(tta)
+    return settings, use_tta
+
+
+def cmd_segment(args: argparse.Namespace) -> int:
+    from .inference import postprocess, predict_any_size
+    from .io import LGGFormatError, is_patient_folder, load_patient, sanitize_name, write_patient_folder
+    from .metrics import dice
+
+    if args.batch_size < 1:
+        raise CLIError(f"--batch-size must be at least 1; got {args.batch_size}.")
+    folders = _input_folders(Path(args.input))
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise CLIError(f"{out}: exists and is not a folder.")
+    targets = {}
+    for folder in folders:
+        pid = _first_patient_id(folder) or folder.name
+        target = out / sanitize_name(pid)
+        if _same_or_nested(target, folder):
+            raise CLIError(f"--out {out} would write into the input patient folder {folder}; choose another --out.")
+        if is_patient_folder(target):
+            raise CLIError(f"{target} holds image slices; segment never replaces images. Choose another --out.")
+        if target.exists() and not args.overwrite:
+            raise CLIError(f"{target} already exists; pass --overwrite to replace it or choose another --out.")
+        targets[folder] = target
+    loaded, device, weights = load_inference_model(args.weights, args.device)
+    settings, tta = inference_settings(loaded, args.threshold, args.tta)
+    print(f"model {weights} on {device}; threshold {settings.threshold:g}, tta {'on' if tta else 'off'}, "
+          f"min lesion {settings.min_lesion_voxels} voxels, keep largest {settings.keep_largest}, "
+          f"fill holes {settings.fill_holes}", file=sys.stderr, flush=True)
+    failures: list[str] = []
+    n = len(folders)
+    for i, folder in enumerate(folders, 1):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                patient = load_patient(folder)
+        except LGGFormatError as err:
+            if n == 1:
+                raise
+            print(f"napari-lgg-seg segment: skipped {folder.name}: {err}", file=sys.stderr, flush=True)
+            failures.append(folder.name)
+            continue
+        for note in patient.warnings:
+            print(f"warning: {patient.patient_id}: {note}", file=sys.stderr)
+        pid = patient.patient_id
+
+        shown: list[int] = []
+
+        def progress(done: int, total: int, pid: str = pid, i: int = i, shown: list[int] = shown) -> None:
+            if shown[-1:] != [done]:
+                shown.append(done)
+                _progress_line(f"[{i}/{n}] {pid}: {done}/{total} slices")
+
+        probs = predict_any_size(loaded.model, patient.images, device=device, batch_size=args.batch_size, tta=tta,
+                                 progress=progress)
+        mask = postprocess(probs, settings)
+        sidecar = {
+            "patient_id": pid,
+            "source_folder": str(folder.resolve()),
+            "model": str(Path(weights).resolve()),
+            "threshold": settings.threshold,
+            "tta": tta,
+            "min_lesion_voxels": settings.min_lesion_voxels,
+            "keep_largest": settings.keep_largest,
+            "fill_holes": settings.fill_holes,
+            "tumour_voxels": int(mask.sum()),
+            "tool": "napari-lgg-seg segment",
+        }
+        target = write_patient_folder(out, pid, mask, slice_numbers=patient.slice_numbers, masks_only=True,
+                                      overwrite=args.overwrite, sidecar=sidecar)
+        if sys.stderr.isatty():
+            sys.stderr.write("\n")
+        line = (f"{pid}: {patient.num_slices} slices, {int(mask.sum())} tumour voxels in "
+                f"{int(mask.reshape(len(mask), -1).any(axis=1).sum())} slices")
+        if patient.masks is not None:
+            line += f", Dice vs ground truth {dice(mask, patient.masks):.3f}"
+        print(f"{line} -> {target}", flush=True)
+    if failures:
+        raise CLIError(f"{len(failures)} of {n} patients could not be read ({', '.join(failures[:5])}"
+                       f"{', ...' if len(failures) > 5 else ''}); the others were written to {out}.")
+    print(f"masks of {n} patient{'s' if n != 1 else ''} written to {out}", file=sys.stderr, flush=True)
+    return 0
+
+
+def cmd_eda(args: argparse.Namespace) -> int:
+    from .eda import run_eda
+
+    root = Path(args.root)
+    if not root.is_dir():
+        raise CLIError(f"{root}: no such folder.")
+    result = run_eda(root, Path(args.out))
+    print(f"EDA written to {result if isinstance(result, (str, Path)) else args.out}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(out=args.out, headless=args.headless, device=args.device)
+
+
+def _split_test_patients(path: Path) -> list[str]:
+    """The 'test' patient ids of a run's split.json."""
+    try:
+        patients = json.loads(path.read_text())["test"]
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise CLIError(f"{path}: not a split.json with a 'test' list of patient ids.") from err
+    if not isinstance(patients, list):
+        raise CLIError(f"{path}: 'test' is not a list of patient ids.")
+    return [str(p) for p in patients]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="napari-lgg-seg", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -101,6 +282,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tta", action="store_true", default=None)
     p.add_argument("--out", help="folder for per_patient.csv and summary.json")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("segment", help="segment patient folders and write masks in the dataset layout")
+    p.add_argument("input", help="a patient folder or a dataset root (a folder of patient folders)")
+    p.add_argument("--out", required=True, help="output root: masks go to OUT/<PATIENT>/<PATIENT>_<k>_mask.tif")
+    p.add_argument("--weights", help="checkpoint (default: the installed model)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default auto)")
+    p.add_argument("--batch-size", dest="batch_size", type=int, default=16)
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                   help="flip test-time augmentation (default: the model card's choice)")
+    p.add_argument("--threshold", type=float, help="probability threshold (default: the model card's choice)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing patient folders in --out")
+    p.set_defaults(func=cmd_segment)
+
+    p = sub.add_parser("eda", help="exploratory data analysis of a dataset root (plots and tables)")
+    p.add_argument("root", help="dataset root in the LGG layout")
+    p.add_argument("--out", required=True, help="folder for the report")
+    p.set_defaults(func=cmd_eda)
+
+    p = sub.add_parser("demo", help="open the phantom sample in napari and segment it (headless without display)")
+    p.add_argument("--out", default="demo_output", help="folder for the headless demo's masks and overview.png")
+    p.add_argument("--headless", action="store_true", help="do not open napari even if a display is available")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_demo)
     return parser
 
 
@@ -108,20 +312,21 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``napari-lgg-seg`` command."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if getattr(args, "split", None):
-        args.patients = json.loads(Path(args.split).read_text())["test"]
     from .io import LGGFormatError
     from .model import CheckpointError
 
     try:
+        if getattr(args, "split", None):
+            args.patients = _split_test_patients(Path(args.split))
         with warnings.catch_warnings():
             warnings.simplefilter("default")
             return args.func(args)
-    except (CLIError, LGGFormatError, CheckpointError, FileNotFoundError, FileExistsError, ValueError) as err:
-        print(f"\nnapari-lgg-seg {args.command}: error: {err}", file=sys.stderr)
+    except (CLIError, LGGFormatError, CheckpointError, OSError, ValueError) as err:
+        message = " ".join(str(err).split()) or type(err).__name__
+        print(f"{_line_break()}napari-lgg-seg {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr)
+        print(f"{_line_break()}interrupted", file=sys.stderr)
         return 130
 
 

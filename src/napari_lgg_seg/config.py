@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+
+import tomllib
 
 
 @dataclass
@@ -12,6 +13,9 @@ class TrainConfig:
     """Everything that defines a training run; saved with every checkpoint."""
 
     name: str = "run"
+    # model size (U-Net channels per level and at the bottleneck; the defaults are the shipped model's)
+    model_features: list[int] = field(default_factory=lambda: [32, 64, 128, 256])
+    model_bottleneck: int = 512
     # loss
     loss: str = "weighted_bce_dice"  # "bce_dice" (baseline) or "weighted_bce_dice"
     pos_weight: float = 3.0
@@ -27,6 +31,7 @@ class TrainConfig:
     warmup_steps: int = 0
     min_lr: float = 1e-6
     # sampling and augmentation
+    image_size: int = 256  # slices of another size are resized to this (the dataset's size)
     crop_size: int | None = None  # train on random crops (multiple of 16); None: whole slices
     tumour_fraction: float | None = None  # share of samples drawn from tumour slices; None: natural
     flip: bool = True
@@ -78,6 +83,12 @@ class TrainConfig:
             raise ValueError(f"scheduler must be 'plateau' or 'cosine', not {self.scheduler!r}")
         if self.crop_size is not None and (self.crop_size % 16 or self.crop_size < 32):
             raise ValueError("crop_size must be a multiple of 16 and at least 32")
+        if self.image_size % 16 or self.image_size < 32:
+            raise ValueError("image_size must be a multiple of 16 and at least 32")
+        if self.crop_size is not None and self.crop_size > self.image_size:
+            raise ValueError(f"crop_size ({self.crop_size}) must not exceed image_size ({self.image_size})")
+        if not self.model_features or any(int(f) < 1 for f in self.model_features) or self.model_bottleneck < 1:
+            raise ValueError("model_features and model_bottleneck must be positive channel counts")
         if self.batch_size < 1 or self.epochs < 1:
             raise ValueError("batch_size and epochs must be positive")
         if not 0 <= self.val_fraction < 1 or not 0 <= self.test_fraction < 1:

@@ -235,3 +235,49 @@ def resize_probabilities(probs: np.ndarray, shape: tuple[int, int]) -> np.ndarra
         return probs
     t = torch.from_numpy(probs)[:, None]
     return F.interpolate(t, size=shape, mode="bilinear", align_corners=False)[:, 0].numpy()
+
+
+MODEL_SIZE = 256  # slice size of the training data
+
+
+def model_input_size(h: int, w: int, size: int = MODEL_SIZE, tolerance: float = 0.25) -> tuple[int, int]:
+    """(H, W) the network sees for an H x W slice.
+
+    Sizes within ``tolerance`` of ``size`` are kept (padding to a multiple of 16 handles the rest);
+    others are scaled, keeping the aspect ratio, so that the longer side is ``size``.
+    """
+    lo, hi = size * (1 - tolerance), size * (1 + tolerance)
+    if lo <= h <= hi and lo <= w <= hi:
+        return int(h), int(w)
+    scale = size / max(h, w)
+    return max(16, round(h * scale)), max(16, round(w * scale))
+
+
+def _resize_stack(t: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize of an (N, C, H, W) float tensor, antialiased when shrinking."""
+    shrink = shape[0] < t.shape[-2] or shape[1] < t.shape[-1]
+    return F.interpolate(t, size=tuple(shape), mode="bilinear", align_corners=False, antialias=shrink)
+
+
+def predict_any_size(
+    model: torch.nn.Module,
+    images: np.ndarray,
+    *,
+    size: int = MODEL_SIZE,
+    progress: Callable[[int, int], None] | None = None,
+    **kwargs,
+) -> np.ndarray:
+    """Like ``predict_volume`` for slices of any size: slices far from the training size are resized
+    for the network (``model_input_size``) and the probabilities come back at the original (H, W)."""
+    images = np.asarray(images)
+    if images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(f"expected a (Z, H, W, 3) volume; got shape {images.shape}")
+    z, h, w, _ = images.shape
+    shape = model_input_size(h, w, size)
+    if shape == (h, w):
+        return predict_volume(model, images, progress=progress, **kwargs)
+    t = _resize_stack(torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float(), shape)
+    resized = np.ascontiguousarray(t.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy())
+    probs = predict_volume(model, resized, progress=progress, **kwargs)
+    back = _resize_stack(torch.from_numpy(probs)[:, None], (h, w))[:, 0]
+    return back.clamp(0, 1).numpy().astype(np.float32, copy=False)

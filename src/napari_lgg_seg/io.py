@@ -142,38 +142,64 @@ def is_dataset_root(path: str | os.PathLike) -> bool:
     return path.is_dir() and not is_patient_folder(path) and bool(find_patient_folders(path))
 
 
-def _to_rgb_uint8(array: np.ndarray, file: Path, notes: list[str]) -> np.ndarray:
-    """Bring an image slice to (H, W, 3) uint8; single channel becomes FLAIR replicated."""
+def _to_rgb(array: np.ndarray, file: Path, notes: dict[str, list[str]]) -> np.ndarray:
+    """Bring an image slice to (H, W, 3), keeping its pixel type; single channel becomes FLAIR replicated."""
     arr = np.asarray(array)
     if arr.ndim == 3 and arr.shape[0] in (3, 4) and arr.shape[-1] not in (3, 4):
         arr = np.moveaxis(arr, 0, -1)
     if arr.ndim == 2:
-        notes.append(f"{file.name}: single-channel image, used as FLAIR for all three channels")
+        notes.setdefault("single-channel image, used as FLAIR for all three channels", []).append(file.name)
         arr = np.repeat(arr[..., None], 3, axis=-1)
     elif arr.ndim == 3 and arr.shape[-1] == 1:
+        notes.setdefault("single-channel image, used as FLAIR for all three channels", []).append(file.name)
         arr = np.repeat(arr, 3, axis=-1)
     elif arr.ndim == 3 and arr.shape[-1] == 4:
-        notes.append(f"{file.name}: RGBA image, alpha channel dropped")
+        notes.setdefault("RGBA image, alpha channel dropped", []).append(file.name)
         arr = arr[..., :3]
     elif not (arr.ndim == 3 and arr.shape[-1] == 3):
         raise LGGFormatError(
             f"{file}: image has shape {arr.shape}; expected H x W x 3 (pre-contrast, FLAIR, "
             "post-contrast), H x W, or H x W x 4."
         )
-    if arr.dtype == np.uint8:
-        return np.ascontiguousarray(arr)
-    if arr.dtype == bool:
-        return arr.astype(np.uint8) * 255
-    if not np.issubdtype(arr.dtype, np.number):
-        raise LGGFormatError(f"{file}: unsupported pixel type {arr.dtype}.")
-    data = arr.astype(np.float64)
-    if not np.all(np.isfinite(data)):
-        data = np.nan_to_num(data, nan=0.0, posinf=0.0, neginf=0.0)
-    lo, hi = float(data.min()), float(data.max())
-    notes.append(f"{file.name}: {arr.dtype} image rescaled to 0-255")
-    if hi <= lo:
-        return np.zeros(arr.shape, np.uint8)
-    return np.clip(np.round((data - lo) / (hi - lo) * 255.0), 0, 255).astype(np.uint8)
+    if arr.dtype != bool and not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+        raise LGGFormatError(f"{file}: unsupported pixel type {arr.dtype}; expected 8-bit, 16-bit or float images.")
+    return arr
+
+
+def _to_uint8_volume(slices: list[np.ndarray], files: list[Path], notes: dict[str, list[str]]) -> list[np.ndarray]:
+    """uint8 slices as they are; others mapped linearly to 0-255 with one map per channel for the whole
+    volume (a per-slice map would change the brightness from slice to slice)."""
+    other = [i for i, s in enumerate(slices) if s.dtype not in (np.uint8, bool)]
+    lo = np.full(3, np.inf)
+    hi = np.full(3, -np.inf)
+    for i in other:
+        data = slices[i].astype(np.float64)
+        finite = np.isfinite(data)
+        lo = np.minimum(lo, np.where(finite, data, np.inf).min(axis=(0, 1)))
+        hi = np.maximum(hi, np.where(finite, data, -np.inf).max(axis=(0, 1)))
+    span = np.where(hi > lo, hi - lo, 1.0)
+    out = []
+    for i, s in enumerate(slices):
+        if s.dtype == np.uint8:
+            out.append(np.ascontiguousarray(s))
+        elif s.dtype == bool:
+            out.append(s.astype(np.uint8) * 255)
+        else:
+            data = s.astype(np.float64)
+            scaled = np.where(np.isfinite(data) & (hi > lo), (data - lo) / span * 255.0, 0.0)
+            out.append(np.clip(np.round(scaled), 0, 255).astype(np.uint8))
+            key = f"{s.dtype} image rescaled to 0-255 (one linear map per channel for the whole volume)"
+            notes.setdefault(key, []).append(files[i].name)
+    return out
+
+
+def _summarize_notes(notes: dict[str, list[str]]) -> list[str]:
+    """One line per kind of note, naming the first file or two (not one warning per slice)."""
+    lines = []
+    for note, names in notes.items():
+        shown = ", ".join(names[:2]) + (f" and {len(names) - 2} more" if len(names) > 2 else "")
+        lines.append(f"{shown}: {note}")
+    return lines
 
 
 def _to_binary_mask(array: np.ndarray, file: Path) -> np.ndarray:
@@ -193,10 +219,10 @@ def read_tiff(path: str | os.PathLike) -> np.ndarray:
     try:
         with tifffile.TiffFile(path) as tif:
             page = tif.pages[0]
-            shape = page.shape
-            if int(np.prod(shape[:2])) > MAX_SLICE_PIXELS:
+            height, width = int(page.imagelength), int(page.imagewidth)
+            if height * width > MAX_SLICE_PIXELS:
                 raise LGGFormatError(
-                    f"{path}: image of {shape[0]} x {shape[1]} pixels is too large for a slice "
+                    f"{path}: image of {height} x {width} pixels is too large for a slice "
                     f"(limit {MAX_SLICE_PIXELS} pixels)."
                 )
             return page.asarray()
@@ -227,12 +253,20 @@ def load_patient(path: str | os.PathLike) -> Patient:
     masks: dict[int, Path] = {}
     patients: set[str] = set()
     notes: list[str] = []
-    for file in files:
+    named: list[tuple[Path, SliceName]] = []
+    for file in sort_slice_files(files):
         parsed = parse_slice_name(file.name)
         if parsed is None:
             notes.append(f"{file.name}: not named <PATIENT>_<k>.tif, ignored")
             continue
         patients.add(parsed.patient)
+        named.append((file, parsed))
+    if len(patients) > 1:
+        raise LGGFormatError(
+            f"{path}: slices of several patients in one folder ({', '.join(sorted(patients))}); "
+            "put each patient in its own folder."
+        )
+    for file, parsed in named:
         target = masks if parsed.is_mask else images
         if parsed.index in target:
             raise LGGFormatError(
@@ -247,11 +281,6 @@ def load_patient(path: str | os.PathLike) -> Patient:
                 "<PATIENT>_<k>.tif are needed."
             )
         raise LGGFormatError(f"{path}: no files named <PATIENT>_<k>.tif.")
-    if len(patients) > 1:
-        raise LGGFormatError(
-            f"{path}: slices of several patients in one folder ({', '.join(sorted(patients))}); "
-            "put each patient in its own folder."
-        )
     patient_id = patients.pop()
     numbers = sorted(images)
     expected = set(range(numbers[0], numbers[-1] + 1))
@@ -262,16 +291,17 @@ def load_patient(path: str | os.PathLike) -> Patient:
     if orphan_masks:
         notes.append(f"masks without images ignored for slices {orphan_masks[:10]}")
 
-    slices = []
-    for k in numbers:
-        slices.append(_to_rgb_uint8(read_tiff(images[k]), images[k], notes))
+    converted: dict[str, list[str]] = {}
+    slices = [_to_rgb(read_tiff(images[k]), images[k], converted) for k in numbers]
     shapes = {s.shape for s in slices}
     if len(shapes) > 1:
         by_shape: dict[tuple, int] = {}
         for k, s in zip(numbers, slices):
             by_shape.setdefault(s.shape, k)
-        detail = ", ".join(f"{shape[:2]} (e.g. slice {k})" for shape, k in by_shape.items())
+        detail = ", ".join(f"{shape[:2]} (e.g. {images[k].name})" for shape, k in by_shape.items())
         raise LGGFormatError(f"{path}: slices have different sizes: {detail}. All slices must match.")
+    slices = _to_uint8_volume(slices, [images[k] for k in numbers], converted)
+    notes.extend(_summarize_notes(converted))
     volume = np.stack(slices)
 
     mask_volume = None

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.torch_version import TorchVersion
 
 CHECKPOINT_FORMAT = "napari-lgg-seg/1"
 DEFAULT_MODEL_PATH = Path(__file__).with_name("models") / "lgg_unet_default.pt"
@@ -121,8 +122,13 @@ def _jsonable(obj: Any) -> Any:
         return {str(k): _jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [_jsonable(v) for v in obj]
-    if isinstance(obj, (str, int, float, bool)) or obj is None:
-        return obj
+    if obj is None or isinstance(obj, bool):
+        return None if obj is None else bool(obj)
+    # plain built-ins only: subclasses such as torch's TorchVersion (a str) would be pickled by class
+    # and then refused by torch.load(weights_only=True)
+    for kind in (str, int, float):
+        if isinstance(obj, kind):
+            return kind(obj)
     if isinstance(obj, Path):
         return str(obj)
     if hasattr(obj, "item"):
@@ -139,7 +145,7 @@ def checkpoint_dict(model: nn.Module, config: dict | None = None, meta: dict | N
         state = {k: (v.half() if v.is_floating_point() else v) for k, v in state.items()}
     meta = dict(meta or {})
     meta.setdefault("saved", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
-    meta.setdefault("torch", torch.__version__)
+    meta.setdefault("torch", str(torch.__version__))
     return {
         "format": CHECKPOINT_FORMAT,
         "model_config": net.config.to_dict(),
@@ -175,7 +181,9 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file not found.")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        # TorchVersion (a str subclass) is allowed: checkpoints of earlier builds stored torch.__version__ as is
+        with torch.serialization.safe_globals([TorchVersion]):
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
         text = str(err).splitlines()[0] if str(err) else type(err).__name__
         if "weights_only" in str(err) or "Unsupported global" in str(err):

@@ -7,6 +7,7 @@ draw progress and a CLI can print it. Runs under ``torchrun`` with DistributedDa
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -24,7 +25,7 @@ from .config import TrainConfig
 from .data import SliceStore, index_patients, sample_crop_origins, split_patients
 from .inference import autocast_context, resolve_device
 from .metrics import make_loss, score_patient, summarize
-from .model import UNet, atomic_torch_save, checkpoint_dict, load_model, read_checkpoint
+from .model import ModelConfig, UNet, atomic_torch_save, checkpoint_dict, load_model, read_checkpoint
 from .transforms import augment_batch, normalize, pad_to_multiple, to_tensor_batch
 
 BEST = "best.pt"
@@ -238,11 +239,15 @@ def train(
     *,
     resume: bool = False,
     should_stop: Callable[[], bool] | None = None,
+    epochs: int | None = None,
 ) -> Iterator[dict]:
     """Train a U-Net; yields reports. Writes checkpoints, metrics.csv and PNGs into ``out_dir``.
 
     With ``resume`` the run continues from ``out_dir/last.pt`` (model, optimiser, scheduler,
-    epoch, RNG). ``should_stop`` is polled after every batch; on stop, ``last.pt`` is saved.
+    epoch, RNG) under the saved run's config; ``epochs`` then sets a new total number of epochs
+    (to extend a finished run), else the saved one is kept. ``should_stop`` is polled after every
+    batch; a stop at the end of an epoch saves it, a stop mid-epoch discards the partial epoch
+    (``last.pt`` keeps the state at that epoch's start, so a resume repeats it exactly).
     """
     config.validate()
     ctx = _DistributedContext()
@@ -261,7 +266,13 @@ def train(
             raise FileNotFoundError(f"cannot resume: {last_path} does not exist")
         resume_state = read_checkpoint(last_path)
         saved = TrainConfig.from_dict(resume_state["config"])
-        config = saved  # the saved run defines the experiment; epochs may be extended below
+        config = saved  # the saved run defines the experiment; epochs may be extended
+        if epochs is not None:
+            config = dataclasses.replace(config, epochs=int(epochs))
+        config.validate()
+    elif epochs is not None:
+        config = dataclasses.replace(config, epochs=int(epochs))
+        config.validate()
     if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
 
@@ -274,17 +285,24 @@ def train(
                                seed=config.seed, train=config.train_patients, val=config.val_patients,
                                test=config.test_patients)
     cache_dir = config.cache_dir or None
-    train_store = SliceStore.load(folders, split["train"], cache_dir)
-    val_store = SliceStore.load(folders, split["val"], cache_dir) if split["val"] else None
+    train_store = SliceStore.load(folders, split["train"], cache_dir, image_size=config.image_size)
+    val_store = (SliceStore.load(folders, split["val"], cache_dir, image_size=config.image_size)
+                 if split["val"] else None)
     load_seconds = time.perf_counter() - t_start
 
     torch.manual_seed(config.seed)
-    model = UNet()
     init_meta = {}
-    if config.init_weights and resume_state is None:
-        loaded = load_model(config.init_weights)
-        model.load_state_dict(loaded.model.state_dict())
+    if resume_state is not None:
+        model = UNet(ModelConfig.from_dict(resume_state["model_config"]))
+    elif config.init_weights:
+        # fine-tuning: the architecture is the start checkpoint's, whatever the config says
+        model = load_model(config.init_weights).model
+        config = dataclasses.replace(config, model_features=list(model.config.features),
+                                     model_bottleneck=model.config.bottleneck)
         init_meta = {"init_weights": str(config.init_weights)}
+    else:
+        model = UNet(ModelConfig(features=tuple(int(f) for f in config.model_features),
+                                 bottleneck=int(config.model_bottleneck)))
     model = model.to(device).to(memory_format=torch.channels_last)
     net = model
     if ctx.enabled:

@@ -1,0 +1,286 @@
+"""GUI responsiveness benchmark: the longest stall of the Qt event loop while the plugin works.
+
+Opens a real napari viewer, opens a patient through the plugin's reader (the largest real patient,
+or a phantom patient folder written to a temporary folder), docks the Segment widget, selects a
+checkpoint and clicks Segment, then docks the Train widget and runs a short training. A QTimer
+heartbeat (every ``--interval-ms``, precise timer) records the gaps between its ticks; a gap much
+longer than the interval means the event loop (and so the whole window) was frozen that long.
+Prints, per phase, the max gap (the longest stall), the 99th percentile and the number of gaps
+over 100 ms. Needs an X server; on a headless machine run it under ``xvfb-run -a``.
+
+    xvfb-run -a python benchmarks/gui.py
+    xvfb-run -a python benchmarks/gui.py --phantom --phantom-size 64 --max-slices 8 --tiny-model \\
+        --train-steps 1 --train-batch 2 --train-slices 8 --idle-seconds 0.5   # smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from _common import (
+    PHANTOM_SLICES,
+    add_common_args,
+    apply_threads,
+    folders_by_size,
+    machine_facts,
+    print_machine_facts,
+    print_table,
+    real_data_available,
+    write_json,
+)
+
+TINY = {"features": [4, 8, 16, 32], "bottleneck": 32}
+
+
+class Heartbeat:
+    """A precise QTimer that records when it fires; gaps between ticks = event-loop stalls."""
+
+    def __init__(self, interval_ms: int) -> None:
+        from qtpy.QtCore import Qt, QTimer
+
+        self.interval_ms = interval_ms
+        self.timer = QTimer()
+        self.timer.setTimerType(Qt.TimerType.PreciseTimer)
+        self.timer.setInterval(interval_ms)
+        self.timer.timeout.connect(self._tick)
+        self.ticks: list[float] = []
+
+    def _tick(self) -> None:
+        self.ticks.append(time.perf_counter())
+
+    def start(self) -> None:
+        self.ticks = [time.perf_counter()]
+        self.timer.start()
+
+    def stop(self) -> None:
+        self.timer.stop()
+        self.ticks.append(time.perf_counter())
+
+    def summary(self) -> dict:
+        gaps = np.diff(self.ticks) * 1000 if len(self.ticks) > 1 else np.zeros(1)
+        return {"ticks": len(self.ticks) - 1, "duration_s": self.ticks[-1] - self.ticks[0],
+                "max_gap_ms": float(gaps.max()), "p99_gap_ms": float(np.percentile(gaps, 99)),
+                "median_gap_ms": float(np.median(gaps)), "gaps_over_100ms": int((gaps > 100).sum()),
+                "gaps_over_250ms": int((gaps > 250).sum())}
+
+
+def run_loop(until=None, timeout_s: float = 600.0, settle_s: float = 0.0) -> bool:
+    """Run the Qt event loop until ``until()`` is true (then ``settle_s`` more) or the timeout; False on timeout."""
+    from qtpy.QtCore import QEventLoop, QTimer
+
+    loop = QEventLoop()
+    state = {"done": False, "timed_out": False}
+
+    def finish() -> None:
+        loop.quit()
+
+    def poll() -> None:
+        if state["done"] or until is None:
+            return
+        if until():
+            state["done"] = True
+            QTimer.singleShot(int(settle_s * 1000), finish)
+
+    poller = QTimer()
+    poller.setInterval(20)
+    poller.timeout.connect(poll)
+    poller.start()
+
+    def on_timeout() -> None:
+        state["timed_out"] = until is not None and not state["done"]
+        loop.quit()
+
+    deadline = QTimer()
+    deadline.setSingleShot(True)
+    deadline.timeout.connect(on_timeout)
+    deadline.start(int((settle_s if until is None else timeout_s) * 1000))
+    loop.exec()
+    poller.stop()
+    deadline.stop()
+    return not state["timed_out"]
+
+
+def measure(name: str, heartbeat: Heartbeat, action, until=None, timeout_s: float = 600.0,
+            settle_s: float = 0.5) -> dict:
+    """Start the heartbeat, run ``action()`` (on the GUI thread), spin the loop until ``until()``; stats."""
+    heartbeat.start()
+    t0 = time.perf_counter()
+    note = ""
+    if action is not None:
+        action()
+    finished = run_loop(until, timeout_s=timeout_s, settle_s=settle_s)
+    elapsed = time.perf_counter() - t0
+    heartbeat.stop()
+    if not finished:
+        note = f"TIMED OUT after {timeout_s:.0f} s"
+    result = {"phase": name, "elapsed_s": elapsed, **heartbeat.summary(), "note": note}
+    print(f"  {name}: {elapsed:.2f} s, longest stall {result['max_gap_ms']:.0f} ms {note}", flush=True)
+    return result
+
+
+def prepare_patient(args, tmp: Path) -> tuple[Path, str]:
+    if args.patient is not None:
+        return args.patient, f"--patient {args.patient}"
+    if real_data_available(args.data, args.phantom):
+        count, folder = folders_by_size(args.data)[-1]
+        return folder, f"largest real patient ({count} slices) in {args.data}"
+    from napari_lgg_seg.sample import write_phantom_dataset
+
+    slices = args.max_slices or PHANTOM_SLICES[1]
+    folder = write_phantom_dataset(tmp / "patients", n_patients=1, n_slices=slices, size=args.phantom_size)[0]
+    why = "forced by --phantom" if args.phantom else f"{args.data} not found"
+    return folder, f"phantom patient of {slices} slices ({why})"
+
+
+def prepare_checkpoint(args, tmp: Path) -> tuple[Path, str]:
+    from napari_lgg_seg.model import ModelConfig, UNet, default_model_path, save_checkpoint
+
+    if args.weights is not None:
+        return args.weights, f"--weights {args.weights}"
+    if args.tiny_model:
+        import torch
+
+        torch.manual_seed(0)
+        path = tmp / "tiny_random.pt"
+        save_checkpoint(path, UNet(ModelConfig.from_dict(TINY)), config={"note": "benchmark tiny model"})
+        return path, "TINY random-weight U-Net (smoke run: stalls are not representative)"
+    default = default_model_path()
+    if default is not None:
+        return default, f"shipped default model {default}"
+    import torch
+
+    torch.manual_seed(0)
+    path = tmp / "random_full_size.pt"
+    save_checkpoint(path, UNet(), config={"note": "benchmark random model"})
+    return path, "randomly initialised full-size U-Net (no shipped model): same compute as a trained one"
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_common_args(parser)
+    parser.add_argument("--patient", type=Path, default=None, help="patient folder to open (default: the largest)")
+    parser.add_argument("--max-slices", type=int, default=None, help="slices of the phantom patient (default 88)")
+    parser.add_argument("--weights", type=Path, default=None,
+                        help="checkpoint for the Segment dock (default: shipped model, else a random full-size one)")
+    parser.add_argument("--tiny-model", action="store_true", help="use a tiny random U-Net (smoke runs only)")
+    parser.add_argument("--interval-ms", type=int, default=10, help="heartbeat interval")
+    parser.add_argument("--idle-seconds", type=float, default=2.0, help="length of the idle baseline")
+    parser.add_argument("--segment-runs", type=int, default=2, help="Segment clicks (the first includes warm-up)")
+    parser.add_argument("--no-train", action="store_true", help="skip the training phase")
+    parser.add_argument("--train-steps", type=int, default=10, help="steps of the short training run (1 epoch)")
+    parser.add_argument("--train-batch", type=int, default=8)
+    parser.add_argument("--train-slices", type=int, default=24, help="slices of each of the 3 phantom patients")
+    parser.add_argument("--train-val", type=float, default=0.34, help="validation share (0.34: 1 of 3 patients)")
+    parser.add_argument("--train-whole-slices", action="store_true", help="untick the 128-px crop option")
+    parser.add_argument("--train-from", choices=("scratch", "checkpoint"), default="scratch",
+                        help="train a new U-Net, or fine-tune the Segment dock's checkpoint")
+    parser.add_argument("--timeout", type=float, default=1800.0, help="seconds allowed per phase")
+    args = parser.parse_args(argv)
+    apply_threads(args.threads)
+    if not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY") \
+            and os.environ.get("QT_QPA_PLATFORM", "") not in ("offscreen", "minimal"):
+        parser.exit(2, "gui.py needs an X server: run it as `xvfb-run -a python benchmarks/gui.py ...`\n")
+
+    facts = machine_facts()
+    tmpdir = tempfile.TemporaryDirectory(prefix="lgg-gui-bench-")
+    tmp = Path(tmpdir.name)
+    # keep any autosave of the Segment dock out of the user's recovery folder
+    os.environ["LGG_SEG_RECOVERY_DIR"] = str(tmp / "recovery")
+
+    import napari
+
+    from napari_lgg_seg.widgets.segment import SegmentWidget
+
+    folder, patient_note = prepare_patient(args, tmp)
+    checkpoint, model_note = prepare_checkpoint(args, tmp)
+    print_machine_facts(facts)
+    print(f"Patient: {folder.name}: {patient_note}")
+    print(f"Model:   {model_note}")
+    print(f"Heartbeat every {args.interval_ms} ms\n", flush=True)
+
+    viewer = napari.Viewer(show=True)
+    phases: list[dict] = []
+    heartbeat = Heartbeat(args.interval_ms)
+    try:
+        run_loop(None, settle_s=1.0)  # let the window appear
+        phases.append(measure("idle viewer (baseline)", heartbeat, None, None, settle_s=args.idle_seconds))
+        phases.append(measure("open patient (reader, on the GUI thread)", heartbeat,
+                              lambda: viewer.open(str(folder), plugin="napari-lgg-seg"), settle_s=0.5))
+
+        seg = SegmentWidget(viewer)
+        seg.ask = lambda title, text: False  # never block on a dialog (e.g. an autosave recovery offer)
+        viewer.window.add_dock_widget(seg, name="Segment tumour", area="right")
+        phases.append(measure("load checkpoint (Segment dock)", heartbeat,
+                              lambda: seg.add_checkpoint(checkpoint), settle_s=0.2))
+        if seg.current_patient() is None:
+            raise RuntimeError("the Segment dock sees no patient after opening it")
+        pid = seg.current_patient().patient_id
+        for i in range(args.segment_runs):
+            phases.append(measure(f"segment #{i + 1} (worker + result layers)", heartbeat,
+                                  seg.segment_button.click, until=lambda: not seg.running,
+                                  timeout_s=args.timeout, settle_s=0.5))
+            phases[-1]["status"] = seg.status_label.text()
+        if not any(layer.name == f"{pid} tumour" for layer in viewer.layers):
+            phases[-1]["note"] += f" no '{pid} tumour' layer: {seg.status_label.text()}"
+
+        if not args.no_train:
+            phases.append(train_phase(args, viewer, heartbeat, tmp, checkpoint))
+    finally:
+        viewer.close()
+
+    print()
+    print_table(["phase", "s", "ticks", "max stall ms", "p99 gap ms", "median gap ms", ">100 ms", ">250 ms"],
+                [[p["phase"], p["elapsed_s"], p["ticks"], p["max_gap_ms"], p["p99_gap_ms"], p["median_gap_ms"],
+                  p["gaps_over_100ms"], p["gaps_over_250ms"]] for p in phases],
+                title=f"Qt event loop gaps (heartbeat every {args.interval_ms} ms)", digits=1)
+    print("  max stall: the longest time the window could not repaint or react; p99: 99th percentile of the")
+    print("  gaps between heartbeat ticks. Opening a patient and adding result layers run on the GUI thread by")
+    print("  design; segmentation and training run in worker threads and should not stall it.")
+    for p in phases:
+        if p.get("note") or p.get("status"):
+            print(f"  {p['phase']}: {p.get('note', '')} {p.get('status', '')}".rstrip())
+    tmpdir.cleanup()
+    payload = {"benchmark": "gui", "machine": facts, "patient": folder.name, "patient_source": patient_note,
+               "model": model_note, "interval_ms": args.interval_ms, "phases": phases,
+               "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
+    write_json(args.json, payload)
+    return payload
+
+
+def train_phase(args, viewer, heartbeat: Heartbeat, tmp: Path, checkpoint: Path) -> dict:
+    """Dock the Train widget and run a short training on phantom patients; event-loop stats."""
+    from napari_lgg_seg.sample import write_phantom_dataset
+    from napari_lgg_seg.widgets.train import TrainWidget
+
+    root = tmp / "train_data"
+    write_phantom_dataset(root, n_patients=3, n_slices=args.train_slices, size=args.phantom_size, seed=10)
+    tw = TrainWidget(viewer)
+    viewer.window.add_dock_widget(tw, name="Train / fine-tune", area="right")
+    if not tw.add_data_root(root):
+        raise RuntimeError(f"the Train dock refused {root}: {tw.status_label.text()}")
+    tw.set_output_folder(tmp / "run")
+    tw.set_start(checkpoint if args.train_from == "checkpoint" else "scratch")
+    tw.epochs_spin.setValue(1)
+    tw.steps_spin.setValue(args.train_steps)
+    tw.batch_spin.setValue(args.train_batch)
+    tw.val_spin.setValue(args.train_val)
+    tw.crop_check.setChecked(not args.train_whole_slices)
+    result = measure(f"train {args.train_steps} steps, batch {args.train_batch} (worker)", heartbeat,
+                     tw.start_button.click, until=lambda: not tw.running,
+                     timeout_s=args.timeout, settle_s=0.5)
+    result["status"] = tw.status_label.text()
+    result["reports"] = tw.reports_seen
+    if tw.best_path is None:
+        result["note"] += " no best.pt (see status)"
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,287 @@
+"""Helpers shared by the widgets: patient layers in a viewer, the model registry, edit tracking.
+
+Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from psygnal import Signal
+
+from ..io import CHANNEL_NAMES, FLAIR_CHANNEL, sanitize_name
+from ..recovery import mask_digest
+
+PATIENT_META_KEYS = ("lgg_patient_id", "lgg_folder", "lgg_slice_numbers", "lgg_image_files", "lgg_mask_files")
+ROLE_PREDICTION = "prediction"
+ROLE_PROBABILITY = "probability"
+ROLE_GROUND_TRUTH = "ground_truth"
+AI_MASK_KEY = "lgg_ai_mask"  # uint8 (Z, H, W) copy of the network's output, to count the user's edits
+EXPORTED_KEY = "lgg_exported_digest"  # mask_digest of the labels when they were last exported
+RESULT_KEY = "lgg_result_id"  # links a prediction layer to its probability layer
+FLAIR_NAME = CHANNEL_NAMES[FLAIR_CHANNEL]
+
+
+# ----------------------------------------------------------------------------------------- models
+
+
+class _ModelRegistry:
+    """Models added at run time (e.g. by the training widget): path -> label, in insertion order."""
+
+    changed = Signal()
+
+    def __init__(self) -> None:
+        self.models: dict[str, str] = {}
+
+
+MODEL_REGISTRY = _ModelRegistry()
+
+
+def register_model(path: str | os.PathLike, label: str | None = None) -> str:
+    """Offer a checkpoint in every segment widget's model list; returns the label used."""
+    key = os.fspath(Path(path).expanduser().resolve())
+    label = label or Path(key).name
+    MODEL_REGISTRY.models[key] = label
+    MODEL_REGISTRY.changed.emit()
+    return label
+
+
+def unregister_model(path: str | os.PathLike) -> None:
+    """Remove a model added with :func:`register_model` (no error when absent)."""
+    key = os.fspath(Path(path).expanduser().resolve())
+    if MODEL_REGISTRY.models.pop(key, None) is not None:
+        MODEL_REGISTRY.changed.emit()
+
+
+def registered_models() -> list[tuple[str, str]]:
+    """``(label, path)`` of the models registered at run time."""
+    return [(label, path) for path, label in MODEL_REGISTRY.models.items()]
+
+
+# --------------------------------------------------------------------------------------- patients
+
+
+@dataclass
+class PatientLayers:
+    """The image layers of one patient in a viewer (channel name -> layer)."""
+
+    patient_id: str
+    channels: dict = field(default_factory=dict)
+    is_lgg: bool = True
+
+    @property
+    def reference(self):
+        """The FLAIR layer (or the only image layer): geometry and metadata come from it."""
+        return self.channels.get(FLAIR_NAME) or next(iter(self.channels.values()))
+
+    @property
+    def label(self) -> str:
+        return self.patient_id if self.is_lgg else f"{self.reference.name} (single image)"
+
+    def metadata(self) -> dict:
+        """The patient's ``Patient.metadata()`` keys, copied from the reference layer."""
+        meta = dict(self.reference.metadata or {})
+        out = {k: meta[k] for k in PATIENT_META_KEYS if k in meta}
+        out.setdefault("lgg_patient_id", self.patient_id)
+        return out
+
+    def volume(self) -> np.ndarray:
+        """(Z, H, W, 3) uint8 pre/FLAIR/post volume; missing channels are filled with FLAIR."""
+        ref = self.reference
+        if self.is_lgg or not getattr(ref, "rgb", False):
+            stack = []
+            for name in CHANNEL_NAMES:
+                layer = self.channels.get(name, ref)
+                stack.append(_as_zyx(to_uint8(np.asarray(layer.data)), layer.name))
+            shapes = {s.shape for s in stack}
+            if len(shapes) != 1:
+                raise ValueError(f"{self.patient_id}: channel layers have different shapes {sorted(shapes)}")
+            return np.stack(stack, axis=-1)
+        data = to_uint8(np.asarray(ref.data)[..., :3])
+        return data[None] if data.ndim == 3 else data
+
+    def alive(self, viewer) -> bool:
+        """True while the reference layer is still in the viewer."""
+        return any(layer is self.reference for layer in viewer.layers)
+
+
+def _as_zyx(arr: np.ndarray, name: str) -> np.ndarray:
+    if arr.ndim == 2:
+        return arr[None]
+    if arr.ndim != 3:
+        raise ValueError(f"layer {name!r} has {arr.ndim} dimensions; expected a 2D slice or a 3D (Z, H, W) volume")
+    return arr
+
+
+def to_uint8(arr: np.ndarray) -> np.ndarray:
+    """uint8 as is; other types rescaled from their min/max to 0-255."""
+    arr = np.asarray(arr)
+    if arr.dtype == np.uint8:
+        return arr
+    data = np.nan_to_num(arr.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    lo, hi = float(data.min(initial=0)), float(data.max(initial=0))
+    if hi <= lo:
+        return np.zeros(arr.shape, np.uint8)
+    return np.clip(np.round((data - lo) / (hi - lo) * 255), 0, 255).astype(np.uint8)
+
+
+def _is_image(layer) -> bool:
+    from napari.layers import Image
+
+    return isinstance(layer, Image)
+
+
+def find_patients(viewer) -> dict[str, PatientLayers]:
+    """Patients in the viewer: reader layers grouped by ``lgg_patient_id``, then other image layers alone."""
+    found: dict[str, PatientLayers] = {}
+    singles: dict[str, PatientLayers] = {}
+    for layer in viewer.layers:
+        if not _is_image(layer):
+            continue
+        meta = layer.metadata or {}
+        pid = meta.get("lgg_patient_id")
+        role = meta.get("lgg_role")
+        if role == ROLE_PROBABILITY:
+            continue
+        if pid and meta.get("lgg_channel"):
+            found.setdefault(pid, PatientLayers(pid)).channels[meta["lgg_channel"]] = layer
+        elif layer.ndim in (2, 3) and not getattr(layer, "multiscale", False):
+            key = sanitize_name(pid or layer.name)
+            if key not in found:
+                singles[key] = PatientLayers(key, {FLAIR_NAME: layer}, is_lgg=bool(pid))
+    for key, value in singles.items():
+        found.setdefault(key, value)
+    return found
+
+
+def patient_of_layer(layer) -> str | None:
+    """The patient id stored in a layer's metadata."""
+    return (layer.metadata or {}).get("lgg_patient_id")
+
+
+def prediction_layers(viewer, patient_id: str | None = None) -> list:
+    """Labels layers made by the segment widget (optionally of one patient)."""
+    from napari.layers import Labels
+
+    return [
+        layer for layer in viewer.layers
+        if isinstance(layer, Labels) and (layer.metadata or {}).get("lgg_role") == ROLE_PREDICTION
+        and (patient_id is None or patient_of_layer(layer) == patient_id)
+    ]
+
+
+def probability_layer_for(viewer, labels_layer):
+    """The probability image linked to a prediction layer, if still open."""
+    rid = (labels_layer.metadata or {}).get(RESULT_KEY)
+    if rid is None:
+        return None
+    for layer in viewer.layers:
+        meta = layer.metadata or {}
+        if meta.get("lgg_role") == ROLE_PROBABILITY and meta.get(RESULT_KEY) == rid:
+            return layer
+    return None
+
+
+def ai_mask_of(layer) -> np.ndarray | None:
+    """The network's output kept with a prediction layer, when it has the layer's shape."""
+    ai = (layer.metadata or {}).get(AI_MASK_KEY)
+    if ai is None:
+        return None
+    ai = np.asarray(ai)
+    return ai if ai.shape == np.shape(layer.data) else None
+
+
+def voxels_changed(layer) -> int | None:
+    """How many voxels differ (tumour vs not) between the labels and the AI output; None if unknown."""
+    ai = ai_mask_of(layer)
+    if ai is None:
+        return None
+    return int(np.count_nonzero((np.asarray(layer.data) > 0) != (ai > 0)))
+
+
+def is_edited(layer) -> bool:
+    """True when the labels differ from the AI output (False when no AI output is known)."""
+    return bool(voxels_changed(layer))
+
+
+def mark_exported(layer) -> None:
+    """Remember the exported content, so later checks know whether edits were saved."""
+    layer.metadata[EXPORTED_KEY] = mask_digest(np.asarray(layer.data))
+
+
+def has_unexported_edits(layer) -> bool:
+    """Edited (vs the AI output, or a recovered layer) and not exported since the last change."""
+    meta = layer.metadata or {}
+    edited = is_edited(layer) or (meta.get("lgg_recovered") and ai_mask_of(layer) is None)
+    if not edited:
+        return False
+    return meta.get(EXPORTED_KEY) != mask_digest(np.asarray(layer.data))
+
+
+def dice_score(a: np.ndarray, b: np.ndarray) -> float:
+    """Volume Dice between two binary masks (1.0 when both are empty)."""
+    a, b = np.asarray(a) > 0, np.asarray(b) > 0
+    total = int(a.sum()) + int(b.sum())
+    if total == 0:
+        return 1.0
+    return 2.0 * int(np.logical_and(a, b).sum()) / total
+
+
+def volume_readout(mask: np.ndarray, scale=None) -> str:
+    """'N voxels in K slices' plus the volume in mm^3 when the scale is not all 1."""
+    mask = np.asarray(mask) > 0
+    voxels = int(mask.sum())
+    slices = int(mask.reshape(mask.shape[0], -1).any(axis=1).sum()) if mask.ndim == 3 else int(voxels > 0)
+    text = f"{voxels:,} voxels in {slices} slice{'s' if slices != 1 else ''}"
+    if scale is not None:
+        scale = [float(s) for s in scale]
+        if any(abs(s - 1.0) > 1e-9 for s in scale):
+            text += f" = {voxels * float(np.prod(scale)):,.1f} mm\u00b3"
+    return text
+
+
+def disconnector(connections: list):
+    """A callback that disconnects ``(emitter, callback)`` pairs (run when the widget is destroyed)."""
+
+    def disconnect(*_args) -> None:
+        for emitter, callback in connections:
+            try:
+                emitter.disconnect(callback)
+            except Exception:  # already gone
+                pass
+        connections.clear()
+
+    return disconnect
+
+
+# --------------------------------------------------------------------------------------- dialogs
+
+
+AskFunction = Callable[[str, str], bool]
+
+
+def qt_ask(parent) -> AskFunction:
+    """A yes/no question in a QMessageBox (the default ``ask`` of the widgets)."""
+
+    def ask(title: str, text: str) -> bool:
+        from qtpy.QtWidgets import QMessageBox
+
+        answer = QMessageBox.question(parent, title, text, QMessageBox.Yes | QMessageBox.No, QMessageBox.No)
+        return answer == QMessageBox.Yes
+
+    return ask
+
+
+def notify(message: str, level: str = "info") -> None:
+    """A napari notification (info / warning / error); never raises."""
+    try:
+        from napari.utils import notifications
+
+        {"info": notifications.show_info, "warning": notifications.show_warning,
+         "error": notifications.show_error}.get(level, notifications.show_info)(message)
+    except Exception:  # pragma: no cover - notification machinery missing
+        pass

@@ -1,0 +1,315 @@
+"""The ``napari-lgg-seg`` command line: segment, demo, eda wiring and error handling."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import types
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from conftest import make_tiny_checkpoint
+from napari_lgg_seg import cli, demo, model
+from napari_lgg_seg.inference import PostProcessing, postprocess, predict_any_size
+from napari_lgg_seg.io import load_patient
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def quiet_load(path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return load_patient(path)
+
+
+def read_masks(folder: Path, pid: str, numbers) -> np.ndarray:
+    return np.stack([tifffile.imread(folder / f"{pid}_{k}_mask.tif") for k in numbers])
+
+
+def run_cli(capsys, *args) -> tuple[int, str, str]:
+    code = cli.main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture
+def no_default_model(monkeypatch, tmp_path):
+    monkeypatch.setattr(model, "DEFAULT_MODEL_PATH", tmp_path / "not_installed.pt")
+
+
+@pytest.fixture
+def carded_checkpoint(tmp_path, phantom_root) -> tuple[Path, float]:
+    """A tiny checkpoint whose card threshold is the median probability on the first phantom (so masks are
+    neither empty nor full), with hole filling and a minimum lesion size."""
+    plain = model.load_model(make_tiny_checkpoint(tmp_path / "plain.pt", seed=3))
+    patient = quiet_load(sorted(phantom_root.iterdir())[0])
+    probs = predict_any_size(plain.model, patient.images, device="cpu")
+    threshold = float(np.median(probs[probs > 0]))
+    card = {"inference": {"threshold": threshold, "tta": False, "min_lesion_voxels": 3, "keep_largest": False,
+                          "fill_holes": True}}
+    return make_tiny_checkpoint(tmp_path / "carded.pt", seed=3, meta=card), threshold
+
+
+def expected_mask(checkpoint: Path, images: np.ndarray, settings: PostProcessing, tta: bool = False,
+                  batch_size: int = 16) -> np.ndarray:
+    loaded = model.load_model(checkpoint)
+    probs = predict_any_size(loaded.model, images, device="cpu", tta=tta, batch_size=batch_size)
+    return postprocess(probs, settings)
+
+
+# --- segment ---------------------------------------------------------------------------------
+
+
+def test_segment_dataset_root(capsys, tmp_path, phantom_root, carded_checkpoint):
+    checkpoint, threshold = carded_checkpoint
+    out = tmp_path / "masks"
+    code, stdout, stderr = run_cli(capsys, "segment", phantom_root, "--out", out, "--weights", checkpoint,
+                                   "--device", "cpu", "--batch-size", "5")
+    assert code == 0, stderr
+    settings = PostProcessing(threshold=threshold, min_lesion_voxels=3, fill_holes=True)
+    folders = sorted(p for p in phantom_root.iterdir() if p.is_dir())
+    assert sorted(p.name for p in out.iterdir()) == [f.name for f in folders]
+    for folder in folders:
+        patient = quiet_load(folder)
+        target = out / patient.patient_id
+        assert sorted(p.name for p in target.glob("*.tif")) == sorted(
+            f"{patient.patient_id}_{k}_mask.tif" for k in patient.slice_numbers)
+        masks = read_masks(target, patient.patient_id, patient.slice_numbers)
+        assert masks.shape == patient.images.shape[:3] and masks.dtype == np.uint8
+        assert set(np.unique(masks)) <= {0, 255}
+        sidecar = json.loads((target / "lgg_seg_export.json").read_text())
+        assert sidecar["threshold"] == pytest.approx(threshold) and sidecar["fill_holes"] is True
+        assert sidecar["tumour_voxels"] == int(np.count_nonzero(masks))
+        assert patient.patient_id in stdout
+        if folder == folders[0]:  # the same result as the library calls with the card's settings
+            expected = expected_mask(checkpoint, patient.images, settings, batch_size=5)
+            np.testing.assert_array_equal(masks > 0, expected > 0)
+    first = read_masks(out / folders[0].name, folders[0].name, range(1, 13))
+    assert 0 < np.count_nonzero(first) < first.size  # the card threshold gave a non-trivial mask
+    assert "Dice vs ground truth" in stdout
+    assert "[3/3]" in stderr and "slices" in stderr  # progress on stderr
+    assert "written to" in stderr
+
+
+def test_segment_flags_override_the_card(capsys, tmp_path, phantom_patient, carded_checkpoint):
+    checkpoint, threshold = carded_checkpoint
+    out = tmp_path / "out"
+    code, _, err = run_cli(capsys, "segment", phantom_patient, "--out", out, "--weights", checkpoint,
+                           "--device", "cpu", "--threshold", "0.3", "--tta")
+    assert code == 0, err
+    pid = phantom_patient.name
+    patient = quiet_load(phantom_patient)
+    masks = read_masks(out / pid, pid, patient.slice_numbers)
+    expected = expected_mask(checkpoint, patient.images,
+                             PostProcessing(threshold=0.3, min_lesion_voxels=3, fill_holes=True), tta=True)
+    np.testing.assert_array_equal(masks > 0, expected > 0)
+    assert "threshold 0.3, tta on" in err
+    sidecar = json.loads((out / pid / "lgg_seg_export.json").read_text())
+    assert sidecar["tta"] is True and sidecar["threshold"] == 0.3
+
+
+def test_segment_single_slice_path_and_missing_masks(capsys, tmp_path, phantom_patient, tiny_checkpoint):
+    for mask in phantom_patient.glob("*_mask.tif"):
+        mask.unlink()  # a patient without ground truth
+    pid = phantom_patient.name
+    code, stdout, err = run_cli(capsys, "segment", phantom_patient / f"{pid}_3.tif", "--out", tmp_path / "o",
+                                "--weights", tiny_checkpoint, "--device", "cpu")
+    assert code == 0, err
+    assert len(list((tmp_path / "o" / pid).glob("*_mask.tif"))) == 12
+    assert "Dice" not in stdout
+
+
+def test_segment_refuses_to_overwrite(capsys, tmp_path, phantom_patient, tiny_checkpoint):
+    out = tmp_path / "out"
+    assert run_cli(capsys, "segment", phantom_patient, "--out", out, "--weights", tiny_checkpoint)[0] == 0
+    mask = next((out / phantom_patient.name).glob("*_mask.tif"))
+    mask.write_bytes(b"user's own file")
+    code, _, err = run_cli(capsys, "segment", phantom_patient, "--out", out, "--weights", tiny_checkpoint)
+    assert code == 2
+    assert "already exists; pass --overwrite" in err and "Traceback" not in err
+    assert mask.read_bytes() == b"user's own file"
+    code, _, err = run_cli(capsys, "segment", phantom_patient, "--out", out, "--weights", tiny_checkpoint,
+                           "--overwrite")
+    assert code == 0, err
+    assert tifffile.imread(mask).dtype == np.uint8
+
+
+def test_segment_never_replaces_the_input(capsys, phantom_root, tiny_checkpoint):
+    before = sorted(p.name for p in (phantom_root / "PHANTOM_00_20000101").iterdir())
+    code, _, err = run_cli(capsys, "segment", phantom_root, "--out", phantom_root, "--weights", tiny_checkpoint,
+                           "--overwrite")
+    assert code == 2 and "input patient folder" in err
+    assert sorted(p.name for p in (phantom_root / "PHANTOM_00_20000101").iterdir()) == before
+
+
+@pytest.mark.parametrize(
+    ("make_input", "message"),
+    [
+        (lambda root: root / "absent", "no such file or folder"),
+        (lambda root: root / "empty", "no LGG patient folders found"),
+        (lambda root: root / "notes.txt", "not a patient folder"),
+    ],
+)
+def test_segment_bad_input(capsys, tmp_path, tiny_checkpoint, make_input, message):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "notes.txt").write_text("hello")
+    code, stdout, err = run_cli(capsys, "segment", make_input(tmp_path), "--out", tmp_path / "out",
+                                "--weights", tiny_checkpoint)
+    assert code == 2
+    assert message in err and "error:" in err
+    assert "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1  # one clear line
+    assert not (tmp_path / "out").exists()
+
+
+def test_segment_corrupt_checkpoint(capsys, tmp_path, phantom_patient, tiny_checkpoint):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(tiny_checkpoint.read_bytes()[:2000])
+    code, _, err = run_cli(capsys, "segment", phantom_patient, "--out", tmp_path / "out", "--weights", bad)
+    assert code == 2
+    assert "bad.pt" in err and "not a readable PyTorch checkpoint" in err and "Traceback" not in err
+    code, _, err = run_cli(capsys, "segment", phantom_patient, "--out", tmp_path / "out",
+                           "--weights", tmp_path / "absent.pt")
+    assert code == 2 and "checkpoint file not found" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_segment_without_default_model(capsys, tmp_path, phantom_patient, no_default_model):
+    code, _, err = run_cli(capsys, "segment", phantom_patient, "--out", tmp_path / "out")
+    assert code == 2
+    assert "no default model is installed; pass --weights" in err
+
+
+@pytest.mark.parametrize(("args", "message"), [(["--threshold", "1.5"], "--threshold must be between 0 and 1"),
+                                                (["--batch-size", "0"], "--batch-size must be at least 1"),
+                                                (["--device", "tpu"], "unknown device")])
+def test_segment_bad_options(capsys, tmp_path, phantom_patient, tiny_checkpoint, args, message):
+    code, _, err = run_cli(capsys, "segment", phantom_patient, "--out", tmp_path / "out",
+                           "--weights", tiny_checkpoint, *args)
+    assert code == 2 and message in err
+
+
+def test_segment_subprocess_reports_without_traceback(tmp_path):
+    (tmp_path / "empty").mkdir()
+    result = subprocess.run(
+        [sys.executable, "-m", "napari_lgg_seg.cli", "segment", str(tmp_path / "empty"), "--out", str(tmp_path / "o"),
+         "--weights", str(tmp_path / "whatever.pt")],
+        capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert result.returncode == 2
+    assert "napari-lgg-seg segment: error:" in result.stderr and "no LGG patient folders found" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+# --- demo ------------------------------------------------------------------------------------
+
+
+def test_demo_headless_without_default_model(capsys, tmp_path, no_default_model, monkeypatch):
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    monkeypatch.setattr(sys, "platform", "linux")
+    code, stdout, err = run_cli(capsys, "demo", "--out", tmp_path / "demo")
+    assert code == 0, err
+    assert "no display is available" in stdout
+    assert "no default model is installed yet" in stdout
+    overview = tmp_path / "demo" / "overview.png"
+    assert overview.read_bytes().startswith(PNG_SIGNATURE)
+    assert str(overview) in stdout
+    assert sorted(p.name for p in (tmp_path / "demo").iterdir()) == ["overview.png"]
+
+
+def test_demo_headless_with_default_model(capsys, tmp_path, monkeypatch):
+    monkeypatch.setattr(model, "DEFAULT_MODEL_PATH", make_tiny_checkpoint(tmp_path / "default.pt"))
+    out = tmp_path / "demo"
+    code, stdout, err = run_cli(capsys, "demo", "--headless", "--out", out)
+    assert code == 0, err
+    assert "Dice vs the phantom's truth" in stdout
+    masks_dir = out / "PHANTOM_00_20000101"
+    masks = sorted(masks_dir.glob("*_mask.tif"))
+    assert len(masks) == 24
+    assert tifffile.imread(masks[0]).shape == (256, 256)
+    assert (out / "overview.png").read_bytes().startswith(PNG_SIGNATURE)
+    assert json.loads((masks_dir / "lgg_seg_export.json").read_text())["tool"] == demo.DEMO_TOOL
+    # a second run replaces the first run's output (here with a shorter phantom)
+    result = demo.run_headless(out, device="cpu", n_slices=4)
+    assert result["masks"] == masks_dir and 0.0 <= result["dice"] <= 1.0
+    assert len(list(masks_dir.glob("*_mask.tif"))) == 4
+
+
+def test_demo_refuses_to_replace_foreign_folder(capsys, tmp_path, monkeypatch):
+    monkeypatch.setattr(model, "DEFAULT_MODEL_PATH", make_tiny_checkpoint(tmp_path / "default.pt"))
+    foreign = tmp_path / "demo" / "PHANTOM_00_20000101"
+    foreign.mkdir(parents=True)
+    (foreign / "precious.txt").write_text("keep me")
+    code, _, err = run_cli(capsys, "demo", "--headless", "--out", tmp_path / "demo")
+    assert code == 2 and "not an earlier demo's output" in err
+    assert (foreign / "precious.txt").read_text() == "keep me"
+
+
+def test_display_available(monkeypatch):
+    monkeypatch.setattr(sys, "platform", "linux")
+    for name in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM"):
+        monkeypatch.delenv(name, raising=False)
+    assert demo.display_available() is False
+    monkeypatch.setenv("WAYLAND_DISPLAY", "wayland-0")
+    assert demo.display_available() is True
+    monkeypatch.delenv("WAYLAND_DISPLAY")
+    monkeypatch.setenv("DISPLAY", ":0")
+    assert demo.display_available() is True
+    monkeypatch.setenv("QT_QPA_PLATFORM", "offscreen")
+    assert demo.display_available() is False
+    monkeypatch.delenv("QT_QPA_PLATFORM")
+    monkeypatch.delenv("DISPLAY")
+    monkeypatch.setattr(sys, "platform", "darwin")
+    assert demo.display_available() is True
+
+
+def test_overview_slices_prefer_tumour():
+    truth = np.zeros((30, 4, 4), np.uint8)
+    truth[10:14, 1, 1] = 1
+    assert demo._overview_slices(truth, None, 30, 12) == [10, 11, 12, 13]
+    pred = np.zeros_like(truth)
+    pred[20:30, 2, 2] = 1
+    chosen = demo._overview_slices(truth, pred, 30, 6)
+    assert len(chosen) == 6 and chosen[0] == 10 and chosen[-1] == 29 and chosen == sorted(chosen)
+    assert demo._overview_slices(None, None, 5, 12) == [0, 1, 2, 3, 4]
+
+
+# --- eda and other commands --------------------------------------------------------------------
+
+
+def test_eda_is_wired(capsys, tmp_path, phantom_root, monkeypatch):
+    calls = []
+    fake = types.ModuleType("napari_lgg_seg.eda")
+    fake.run_eda = lambda root, out_dir: calls.append((Path(root), Path(out_dir))) or Path(out_dir) / "report.md"
+    monkeypatch.setitem(sys.modules, "napari_lgg_seg.eda", fake)
+    code, stdout, err = run_cli(capsys, "eda", phantom_root, "--out", tmp_path / "eda")
+    assert code == 0, err
+    assert calls == [(phantom_root, tmp_path / "eda")]
+    assert "report.md" in stdout
+
+
+def test_eda_missing_root(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "eda", tmp_path / "absent", "--out", tmp_path / "eda")
+    assert code == 2 and "no such folder" in err
+
+
+def test_evaluate_bad_split_file(capsys, tmp_path):
+    split = tmp_path / "split.json"
+    split.write_text("{not json")
+    code, _, err = run_cli(capsys, "evaluate", "--data", tmp_path, "--split", split)
+    assert code == 2 and "split.json" in err and "Traceback" not in err
+
+
+def test_usage_errors_exit_2(capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["segment"])
+    assert info.value.code == 2
+    assert "--out" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main([])

@@ -1,0 +1,255 @@
+"""Training engine: patient split, run files, checkpoints, stop / resume / kill (tiny models on phantoms)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import TINY
+from napari_lgg_seg.config import TrainConfig
+from napari_lgg_seg.data import split_patients
+from napari_lgg_seg.model import CheckpointError, load_model, read_checkpoint
+from napari_lgg_seg.training import train
+
+
+def tiny_config(**kw) -> TrainConfig:
+    """A run that takes a second or two on 64x64 phantoms."""
+    base = dict(model_features=TINY["features"], model_bottleneck=TINY["bottleneck"], image_size=64, crop_size=None,
+                batch_size=2, epochs=2, steps_per_epoch=3, val_fraction=0.34, num_threads=1, precision="fp32",
+                val_batch_size=8, scheduler="plateau", seed=0)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def run(config, roots, out, **kw) -> list[dict]:
+    return list(train(config, [str(r) for r in roots], out, **kw))
+
+
+def states_equal(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# --- split ---------------------------------------------------------------------------------------------------------
+
+def test_split_is_by_patient_seeded_and_disjoint():
+    ids = [f"P{i:02d}" for i in range(30)]
+    s1 = split_patients(ids, val_fraction=0.1, test_fraction=0.2, seed=0)
+    s2 = split_patients(list(reversed(ids)), val_fraction=0.1, test_fraction=0.2, seed=0)
+    s3 = split_patients(ids, val_fraction=0.1, test_fraction=0.2, seed=1)
+    assert s1 == s2  # order of discovery does not matter, the seed does
+    assert s1 != s3
+    assert (len(s1["train"]), len(s1["val"]), len(s1["test"])) == (21, 3, 6)
+    parts = [set(s1[k]) for k in ("train", "val", "test")]
+    assert not (parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2])
+    assert set().union(*parts) == set(ids)
+
+
+def test_split_explicit_lists_win_and_are_checked():
+    ids = ["A", "B", "C", "D", "E"]
+    s = split_patients(ids, val=["B"], test=["E"], seed=3, val_fraction=0.5)
+    assert s["val"] == ["B"] and s["test"] == ["E"] and s["train"] == ["A", "C", "D"]
+    s = split_patients(ids, train=["A", "B"], test=["E"])
+    assert s == {"train": ["A", "B"], "val": ["C", "D"], "test": ["E"]}
+    with pytest.raises(ValueError, match="not in the data"):
+        split_patients(ids, val=["Z"])
+    with pytest.raises(ValueError, match="more than one"):
+        split_patients(ids, train=["A"], val=["A"])
+
+
+def test_config_validation_messages():
+    with pytest.raises(ValueError, match="loss"):
+        tiny_config(loss="focal").validate()
+    with pytest.raises(ValueError, match="image_size"):
+        tiny_config(image_size=50).validate()
+    with pytest.raises(ValueError, match="crop_size"):
+        tiny_config(crop_size=128).validate()  # larger than image_size 64
+    with pytest.raises(ValueError, match="unknown training option"):
+        TrainConfig.from_dict({"epoch": 3})
+
+
+def test_shipped_configs_parse_and_share_the_split():
+    configs = Path(__file__).resolve().parents[1] / "training" / "configs"
+    loaded = {p.stem: TrainConfig.from_file(p) for p in sorted(configs.glob("*.toml"))}
+    assert {"baseline", "weighted", "default"} <= set(loaded)
+    for c in loaded.values():
+        c.validate()
+    assert loaded["baseline"].loss == "bce_dice"
+    assert loaded["weighted"].loss == "weighted_bce_dice" and loaded["weighted"].pos_weight == 3.0
+    for name in ("baseline", "weighted"):
+        c = loaded[name]
+        assert (c.lr, c.batch_size, c.scheduler, c.crop_size) == (1e-3, 8, "plateau", None)
+        assert (c.plateau_factor, c.plateau_patience) == (0.5, 3)
+        assert (c.seed, c.val_fraction, c.test_fraction) == (0, 0.1, 0.2)
+    key = {(c.seed, c.val_fraction, c.test_fraction, tuple(c.train_patients)) for c in loaded.values()}
+    assert len(key) == 1  # same split for every experiment
+
+
+# --- a short run ----------------------------------------------------------------------------------------------------
+
+def test_short_run_writes_files_and_loadable_checkpoints(phantom_root, tmp_path):
+    out = tmp_path / "run"
+    reports = run(tiny_config(), [phantom_root], out)
+    kinds = [r["kind"] for r in reports]
+    assert kinds[0] == "start" and kinds[-1] == "done"
+    assert kinds.count("epoch") == 2 and kinds.count("step") == 6
+    for name in ("best.pt", "last.pt", "metrics.csv", "loss_curves.png", "val_metrics.png", "val_predictions.png",
+                 "split.json", "config.json"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    split = json.loads((out / "split.json").read_text())
+    assert len(split["val"]) == 1 and len(split["train"]) == 2 and not set(split["val"]) & set(split["train"])
+    with open(out / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert {"train_loss", "val_loss", "val_slice_dice", "val_slice_iou", "val_patient_dice_mean"} <= set(rows[0])
+    # weights_only loading (no code-running pickles) and the model size from the config
+    ckpt = torch.load(out / "best.pt", map_location="cpu", weights_only=True)
+    assert ckpt["model_config"]["features"] == TINY["features"]
+    assert ckpt["config"]["image_size"] == 64
+    assert ckpt["meta"]["split"] == split
+    loaded = load_model(out / "best.pt")
+    assert loaded.model.config.bottleneck == TINY["bottleneck"]
+    last = read_checkpoint(out / "last.pt")
+    assert last["train_state"]["epoch"] == 2 and last["train_state"]["step"] == 6
+    assert reports[-1]["best_path"] == str(out / "best.pt") and not reports[-1]["stopped"]
+
+
+def test_default_model_size_is_unchanged():
+    from napari_lgg_seg.model import ModelConfig
+
+    c = TrainConfig()
+    assert (tuple(c.model_features), c.model_bottleneck) == (ModelConfig().features, ModelConfig().bottleneck)
+    assert c.image_size == 256
+
+
+def test_should_stop_ends_within_one_batch(phantom_root, tmp_path):
+    calls = {"n": 0}
+
+    def stop() -> bool:
+        calls["n"] += 1
+        return calls["n"] >= 2
+
+    reports = run(tiny_config(epochs=3, steps_per_epoch=4), [phantom_root], tmp_path / "run", should_stop=stop)
+    steps = [r for r in reports if r["kind"] == "step"]
+    assert len(steps) == 2  # stopped right after the batch where the flag was seen
+    assert reports[-1]["kind"] == "done" and reports[-1]["stopped"]
+    # a partial first epoch is not saved: nothing half-trained is offered as best
+    assert not (tmp_path / "run" / "best.pt").exists() and not (tmp_path / "run" / "last.pt").exists()
+
+
+def test_resume_after_stop_is_exact(phantom_root, tmp_path):
+    """2 epochs straight == 1 epoch, stop, resume for the second (RNG, optimiser, scheduler restored)."""
+    config = tiny_config(epochs=2, steps_per_epoch=3)
+    straight = tmp_path / "straight"
+    run(config, [phantom_root], straight)
+
+    parts = tmp_path / "parts"
+    seen = {"steps": 0}
+
+    def stop_after_first_epoch() -> bool:
+        seen["steps"] += 1
+        return seen["steps"] >= 3
+
+    first = run(config, [phantom_root], parts, should_stop=stop_after_first_epoch)
+    assert [r["epoch"] for r in first if r["kind"] == "epoch"] == [1]
+    assert read_checkpoint(parts / "last.pt")["train_state"]["epoch"] == 1
+    resumed = run(tiny_config(epochs=99), [phantom_root], parts, resume=True)  # the saved config wins
+    assert resumed[0]["kind"] == "start" and resumed[0]["start_epoch"] == 1
+    assert [r["epoch"] for r in resumed if r["kind"] == "epoch"] == [2]
+    assert [r["step"] for r in resumed if r["kind"] == "step"] == [4, 5, 6]
+
+    a, b = read_checkpoint(straight / "last.pt"), read_checkpoint(parts / "last.pt")
+    assert states_equal(a["state_dict"], b["state_dict"])
+    history_a, history_b = json.loads(a["train_state"]["history"]), json.loads(b["train_state"]["history"])
+    assert [h["train_loss"] for h in history_a] == [h["train_loss"] for h in history_b]
+    assert states_equal(read_checkpoint(straight / "best.pt")["state_dict"],
+                        read_checkpoint(parts / "best.pt")["state_dict"])
+    with open(parts / "metrics.csv") as f:
+        assert [int(r["epoch"]) for r in csv.DictReader(f)] == [1, 2]
+
+
+def test_resume_can_extend_a_finished_run(phantom_root, tmp_path):
+    out = tmp_path / "run"
+    run(tiny_config(epochs=1, steps_per_epoch=2), [phantom_root], out)
+    before = read_checkpoint(out / "last.pt")["state_dict"]
+    reports = run(tiny_config(), [phantom_root], out, resume=True, epochs=2)
+    assert [r["epoch"] for r in reports if r["kind"] == "epoch"] == [2]
+    after = read_checkpoint(out / "last.pt")
+    assert after["train_state"]["epoch"] == 2 and after["config"]["epochs"] == 2
+    assert not states_equal(before, after["state_dict"])
+    # resuming a finished run without new epochs trains nothing
+    again = run(tiny_config(), [phantom_root], out, resume=True)
+    assert [r["kind"] for r in again] == ["start", "done"]
+
+
+def test_resume_without_last_checkpoint_is_a_clear_error(phantom_root, tmp_path):
+    with pytest.raises(FileNotFoundError, match="cannot resume"):
+        run(tiny_config(), [phantom_root], tmp_path / "empty", resume=True)
+
+
+def test_fine_tune_takes_the_start_checkpoints_architecture(phantom_root, tmp_path, tiny_checkpoint):
+    config = tiny_config(epochs=1, steps_per_epoch=1, init_weights=str(tiny_checkpoint),
+                         model_features=[32, 64, 128, 256], model_bottleneck=512)
+    run(config, [phantom_root], tmp_path / "ft")
+    ckpt = read_checkpoint(tmp_path / "ft" / "best.pt")
+    assert ckpt["model_config"]["features"] == TINY["features"]
+    assert ckpt["config"]["model_features"] == TINY["features"]
+    assert ckpt["meta"]["init_weights"] == str(tiny_checkpoint)
+
+
+def _write_toml(path: Path, config: TrainConfig) -> None:
+    lines = []
+    for key, value in config.to_dict().items():
+        if value is None or value == [] or key == "name":
+            continue
+        if isinstance(value, bool):
+            lines.append(f"{key} = {str(value).lower()}")
+        elif isinstance(value, str):
+            lines.append(f'{key} = "{value}"')
+        else:
+            lines.append(f"{key} = {list(value) if isinstance(value, (list, tuple)) else value}")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_killed_mid_epoch_keeps_last_checkpoint_readable(phantom_root, tmp_path):
+    """SIGKILL during the second epoch: last.pt (atomic writes) holds epoch 1 and the run resumes."""
+    cfg = tmp_path / "tiny.toml"
+    _write_toml(cfg, tiny_config(epochs=50, steps_per_epoch=2))
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "napari_lgg_seg.cli", "train", "--data", str(phantom_root),
+                             "--config", str(cfg), "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    lines = []
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("epoch 1:"):
+                break
+        time.sleep(0.05)  # now inside epoch 2 (or saving it)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    assert any(ln.startswith("epoch 1:") for ln in lines), "".join(lines)
+    state = read_checkpoint(out / "last.pt")
+    assert state["train_state"]["epoch"] >= 1
+    load_model(out / "best.pt")
+    done = state["train_state"]["epoch"]
+    reports = run(tiny_config(), [phantom_root], out, resume=True, epochs=done + 1)
+    assert [r["epoch"] for r in reports if r["kind"] == "epoch"] == [done + 1]
+
+
+def test_truncated_checkpoint_is_refused_with_a_message(tmp_path, tiny_checkpoint):
+    data = tiny_checkpoint.read_bytes()
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="truncated"):
+        read_checkpoint(broken)

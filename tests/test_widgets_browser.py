@@ -1,0 +1,150 @@
+"""The patient browser dock: Previous / Next swap the open patient's layers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_lgg_seg._reader import patient_layer_data
+from napari_lgg_seg.io import load_patient
+
+
+@pytest.fixture(autouse=True)
+def _recovery_dir(monkeypatch, tmp_path):
+    monkeypatch.setenv("LGG_SEG_RECOVERY_DIR", str(tmp_path / "recovery"))
+
+
+def patients_open(viewer) -> set:
+    return {layer.metadata.get("lgg_patient_id") for layer in viewer.layers}
+
+
+def fail_ask(title, text):
+    raise AssertionError(f"unexpected question: {title}")
+
+
+@pytest.fixture
+def setup(make_napari_viewer, phantom_root):
+    from napari_lgg_seg.widgets.browser import PatientBrowser
+
+    viewer = make_napari_viewer()
+    browser = PatientBrowser(viewer, root=str(phantom_root))
+    viewer.window.add_dock_widget(browser, name="Patient browser")
+    browser.ask = fail_ask
+    names = sorted(p.name for p in phantom_root.iterdir())
+    return viewer, browser, names
+
+
+def test_next_and_previous_switch_patients(setup, phantom_root):
+    viewer, browser, names = setup
+    assert browser.list.count() == 3
+    assert patients_open(viewer) == {names[0]}
+    assert [layer.name for layer in viewer.layers][-2] == f"{names[0]} FLAIR"
+    assert not browser.prev_button.isEnabled() and browser.next_button.isEnabled()
+    extra = viewer.add_points(np.zeros((1, 3)), name="my notes")  # not a patient layer: kept
+
+    browser.next_button.click()
+    assert patients_open(viewer) == {names[1], None}
+    assert [layer.name for layer in viewer.layers] == [
+        "my notes", f"{names[1]} pre-contrast", f"{names[1]} post-contrast", f"{names[1]} FLAIR",
+        f"{names[1]} ground truth"]
+    np.testing.assert_array_equal(viewer.layers[f"{names[1]} FLAIR"].data,
+                                  load_patient(phantom_root / names[1]).images[..., 1])
+    assert browser.list.currentRow() == 1 and browser.current_patient_id == names[1]
+    assert "Patient 2 of 3" in browser.status_label.text()
+
+    assert browser.next()
+    assert patients_open(viewer) == {names[2], None}
+    assert not browser.next_button.isEnabled() and not browser.next()
+    browser.prev_button.click()
+    browser.prev_button.click()
+    assert patients_open(viewer) == {names[0], None}
+    assert extra in viewer.layers
+    browser.list.setCurrentRow(2)  # clicking in the list
+    assert patients_open(viewer) == {names[2], None}
+
+
+def _prediction(viewer, pid, edited: bool):
+    flair = viewer.layers[f"{pid} FLAIR"]
+    ai = np.zeros(flair.data.shape, np.uint8)
+    ai[1, 5:9, 5:9] = 1
+    meta = {"lgg_patient_id": pid, "lgg_role": "prediction", "lgg_ai_mask": ai.copy(), "lgg_result_id": "r1"}
+    layer = viewer.add_labels(ai.copy(), name=f"{pid} tumour", metadata=meta)
+    viewer.add_image(ai.astype(np.float32), name=f"{pid} tumour probability", visible=False,
+                     metadata={"lgg_patient_id": pid, "lgg_role": "probability", "lgg_result_id": "r1"})
+    if edited:
+        layer.data_setitem((np.array([2]), np.array([3]), np.array([3])), 1)
+    return layer
+
+
+def test_unedited_results_are_closed_with_the_patient(setup):
+    viewer, browser, names = setup
+    _prediction(viewer, names[0], edited=False)
+    assert browser.next()
+    assert patients_open(viewer) == {names[1]}
+
+
+def test_unexported_corrections_ask_first(setup):
+    from napari_lgg_seg.widgets._common import mark_exported
+
+    viewer, browser, names = setup
+    layer = _prediction(viewer, names[0], edited=True)
+    questions = []
+
+    def no(title, text):
+        questions.append(text)
+        return False
+
+    browser.ask = no
+    assert not browser.next()
+    assert len(questions) == 1 and f"'{names[0]} tumour'" in questions[0]
+    assert patients_open(viewer) == {names[0]} and browser.list.currentRow() == 0
+    assert browser.current_patient_id == names[0]
+
+    browser.ask = lambda title, text: True
+    assert browser.next()
+    assert layer in viewer.layers  # the corrections stay open for export
+    assert f"{names[0]} FLAIR" not in viewer.layers and f"{names[0]} tumour probability" not in viewer.layers
+    assert patients_open(viewer) == {names[0], names[1]}
+
+    mark_exported(layer)  # once exported, switching does not ask and closes it
+    browser.ask = fail_ask
+    assert browser.previous()
+    assert browser.next()
+    assert layer not in viewer.layers
+
+
+def test_first_patient_layers_for_the_reader(make_napari_viewer, phantom_root):
+    from napari.layers import Layer
+
+    from napari_lgg_seg.widgets.browser import PatientBrowser
+
+    viewer = make_napari_viewer()
+    browser = PatientBrowser(viewer, root=str(phantom_root), load_first=False)
+    assert len(viewer.layers) == 0
+    names = sorted(p.name for p in phantom_root.iterdir())
+    layers = browser.first_patient_layers()
+    expected = patient_layer_data(load_patient(phantom_root / names[0]))
+    assert [kw["name"] for _, kw, _ in layers] == [kw["name"] for _, kw, _ in expected]
+    for data, kwargs, kind in layers:
+        viewer.add_layer(Layer.create(data, kwargs, kind))
+    assert browser.current_patient_id == names[0]
+    assert browser.next()
+    assert patients_open(viewer) == {names[1]}
+
+
+def test_unreadable_patient_keeps_the_current_one(setup, phantom_root):
+    viewer, browser, names = setup
+    (phantom_root / names[1] / f"{names[1]}_4.tif").write_bytes(b"II*\x00broken")
+    assert not browser.next()
+    assert f"{names[1]}_4.tif" in browser.status_label.text()
+    assert patients_open(viewer) == {names[0]} and browser.list.currentRow() == 0
+
+
+def test_root_without_patients(make_napari_viewer, tmp_path):
+    from napari_lgg_seg.widgets.browser import PatientBrowser
+
+    viewer = make_napari_viewer()
+    browser = PatientBrowser(viewer)
+    assert browser.set_root(tmp_path) == 0
+    assert "No patient folders" in browser.status_label.text()
+    assert not browser.next_button.isEnabled() and not browser.prev_button.isEnabled()

@@ -1,0 +1,172 @@
+"""The "Train / fine-tune" dock: tiny runs on 64x64 phantoms in a worker thread (no sleeps)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import make_tiny_checkpoint
+from napari_lgg_seg.model import read_checkpoint
+
+WAIT_MS = 180_000
+
+
+@pytest.fixture(autouse=True)
+def _isolated(monkeypatch, tmp_path):
+    import napari_lgg_seg.model as model_mod
+
+    monkeypatch.setenv("LGG_SEG_RECOVERY_DIR", str(tmp_path / "recovery"))
+    monkeypatch.setattr(model_mod, "default_model_path", lambda: None)
+
+
+@pytest.fixture
+def start_checkpoint(tmp_path) -> Path:
+    """A tiny model whose card says it was trained on 64x64 slices (so phantoms are not resized)."""
+    path = make_tiny_checkpoint(tmp_path / "start.pt")
+    raw = torch.load(path, weights_only=True)
+    raw["config"] = {"image_size": 64}
+    torch.save(raw, path)
+    return path
+
+
+@pytest.fixture
+def widget(make_napari_viewer, qtbot):
+    from napari_lgg_seg.widgets.train import TrainWidget
+
+    viewer = make_napari_viewer()
+    w = TrainWidget(viewer)
+    viewer.window.add_dock_widget(w, name="Train")
+    yield w
+    w.stop()
+    qtbot.waitUntil(lambda: not w.running, timeout=WAIT_MS)
+
+
+def configure(w, root, start, out, *, epochs: int, steps: int = 2) -> None:
+    assert w.add_data_root(root)
+    w.set_start(start)
+    w.epochs_spin.setValue(epochs)
+    w.steps_spin.setValue(steps)
+    w.batch_spin.setValue(2)
+    w.val_spin.setValue(0.34)
+    w.set_output_folder(out)
+
+
+def test_start_stop_resume(widget, qtbot, phantom_root, start_checkpoint, tmp_path):
+    from napari_lgg_seg.widgets._common import registered_models, unregister_model
+
+    w = widget
+    out = tmp_path / "run"
+    configure(w, phantom_root, start_checkpoint, out, epochs=40)
+    assert w.start_weights() == str(start_checkpoint.resolve())
+    config = w.make_config()
+    assert config.image_size == 64 and config.init_weights == str(start_checkpoint.resolve())
+    assert config.lr == pytest.approx(1e-4)  # fine-tuning default
+    assert not w.resume_button.isEnabled()
+
+    worker = w.start()
+    assert worker is not None, w.status_label.text()
+    assert w.running and w.stop_button.isEnabled() and not w.start_button.isEnabled()
+    assert not w.epochs_spin.isEnabled()  # settings are locked while running
+    qtbot.waitUntil(lambda: len(w.history) >= 1, timeout=WAIT_MS)
+    assert w.progress.maximum() == 40 * 2 and w.progress.value() >= 2
+    assert w.plot_draws >= 2  # once at start, once per epoch
+    assert w.metric_ax.lines and w.loss_ax.lines
+    w.stop()
+    qtbot.waitUntil(lambda: not w.running, timeout=WAIT_MS)
+
+    done = w.last_report
+    assert done["kind"] == "done" and done["stopped"]
+    assert (out / "best.pt").is_file() and w.best_path == str(out / "best.pt")
+    epochs_done = read_checkpoint(out / "last.pt")["train_state"]["epoch"]
+    assert 1 <= epochs_done < 40
+    assert "Stopped" in w.status_label.text()
+    # the best model is offered to the Segment dock
+    assert any(path == str((out / "best.pt").resolve()) for _, path in registered_models())
+    assert w.resume_button.isEnabled() and w.start_button.isEnabled()
+
+    # Resume continues the same run for one more epoch
+    w.epochs_spin.setValue(epochs_done + 1)
+    worker = w.resume()
+    assert worker is not None, w.status_label.text()
+    qtbot.waitUntil(lambda: not w.running, timeout=WAIT_MS)
+    assert w.last_report["kind"] == "done" and not w.last_report["stopped"]
+    state = read_checkpoint(out / "last.pt")["train_state"]
+    assert state["epoch"] == epochs_done + 1
+    assert [h["epoch"] for h in w.history] == list(range(1, epochs_done + 2))  # old epochs from metrics.csv
+    assert json.loads((out / "config.json").read_text())["epochs"] == epochs_done + 1
+    unregister_model(out / "best.pt")
+
+
+def test_stop_in_the_first_epoch_saves_nothing(widget, qtbot, phantom_root, start_checkpoint, tmp_path):
+    w = widget
+    out = tmp_path / "run"
+    configure(w, phantom_root, start_checkpoint, out, epochs=1, steps=10_000)
+    w.start()
+    qtbot.waitUntil(lambda: w.last_report is not None and w.last_report["kind"] == "step", timeout=WAIT_MS)
+    w.stop()
+    qtbot.waitUntil(lambda: not w.running, timeout=WAIT_MS)
+    assert w.last_report["kind"] == "done" and w.last_report["stopped"]
+    assert not (out / "best.pt").exists() and w.best_path is None
+    assert "no model was saved" in w.status_label.text()
+    assert w.progress.value() < 10_000
+
+
+def test_start_is_refused_with_clear_messages(widget, tmp_path, phantom_root):
+    w = widget
+    assert w.start() is None and "data folder" in w.status_label.text()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert not w.add_data_root(empty) and "no patient folders" in w.status_label.text()
+    assert w.data_roots() == []
+    one = phantom_root / "PHANTOM_00_20000101"
+    assert w.add_data_root(one)  # a single patient folder is a valid root
+    w.set_start("scratch")
+    w.set_output_folder(tmp_path / "run")
+    assert w.start() is None and "validation share to 0" in w.status_label.text()
+    assert w.resume() is None and "no run to resume" in w.status_label.text()
+
+
+def test_existing_run_folder_is_not_overwritten(widget, tmp_path, phantom_root):
+    w = widget
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "last.pt").write_bytes(b"x")
+    (out / "config.json").write_text(json.dumps({"epochs": 7}))
+    w.add_data_root(phantom_root)
+    w.set_output_folder(out)
+    assert w.epochs_spin.value() == 7 and "holds a run" in w.status_label.text()
+    assert w.resume_button.isEnabled()
+    assert w.start() is None and "Resume it" in w.status_label.text()
+    assert (out / "last.pt").read_bytes() == b"x"
+
+
+def test_training_error_is_shown(widget, qtbot, phantom_root, start_checkpoint, tmp_path):
+    for mask in (phantom_root / "PHANTOM_01_20000101").glob("*_mask.tif"):
+        mask.unlink()
+    w = widget
+    configure(w, phantom_root, start_checkpoint, tmp_path / "run", epochs=1)
+    w.start()
+    qtbot.waitUntil(lambda: not w.running, timeout=WAIT_MS)
+    assert "Training failed" in w.status_label.text() and "mask" in w.status_label.text()
+    assert w.start_button.isEnabled()
+
+
+def test_current_model_of_the_segment_dock_is_offered(widget, start_checkpoint):
+    from napari_lgg_seg.widgets.segment import SegmentWidget
+
+    seg = SegmentWidget(widget.viewer)
+    widget.viewer.window.add_dock_widget(seg, name="Segment")
+    assert seg.add_checkpoint(start_checkpoint)
+    widget.set_start("current")
+    assert widget.start_combo.currentText().startswith("Current model")
+    assert widget.start_weights() == str(start_checkpoint.resolve())
+    widget.crop_check.setChecked(True)
+    assert widget.make_config().crop_size is None  # a 64-px model: slices too small for 128-px crops
+    widget.set_start("scratch")
+    assert widget.start_weights() is None and widget.make_config().init_weights == ""
+    assert widget.lr_spin.value() == pytest.approx(1e-3)
+    config = widget.make_config()
+    assert (config.image_size, config.crop_size, config.tumour_fraction) == (256, 128, 0.5)
