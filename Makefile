@@ -19,12 +19,13 @@ QT_PACKAGES := libgl1 libegl1 libglib2.0-0 libdbus-1-3 libfontconfig1 libfreetyp
 	libxcb-util1
 OPTIONAL_PACKAGES := libtcmalloc-minimal4
 
-.PHONY: help setup system-deps demo test lint clean
+.PHONY: help setup system-deps demo test lint screenshot clean
 
 help:
 	@echo "make demo   - set up .venv if needed and run the demo (napari, or headless without a display)"
 	@echo "make test   - set up .venv (and Xvfb when root) and run the test suite under a virtual display"
 	@echo "make lint   - ruff"
+	@echo "make screenshot - regenerate docs/screenshot.png (napari under Xvfb, sample patient segmented)"
 
 setup: $(STAMP)
 
@@ -64,6 +65,9 @@ test: setup system-deps
 	  echo "xvfb-run not found: running with QT_QPA_PLATFORM=offscreen"; \
 	  env QT_QPA_PLATFORM=offscreen LD_PRELOAD=$$preload $(BIN)/python -m pytest -q $(PYTEST_ARGS); \
 	fi
+
+screenshot: setup system-deps
+	xvfb-run -a -s "-screen 0 1400x900x24" env -u QT_QPA_PLATFORM $(BIN)/python docs/make_screenshot.py --out docs/screenshot.png
 
 lint: setup
 	$(BIN)/ruff check src tests training benchmarks

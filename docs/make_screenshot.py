@@ -32,12 +32,12 @@ def main(argv: list[str] | None = None) -> int:
     _, widget = viewer.window.add_plugin_dock_widget("napari-lgg-seg", "Segment tumour")
     if args.weights:
         widget.add_checkpoint(args.weights)
-    if widget.loaded_model() is None:
+    if widget.loaded_model is None:
         print("no model available: pass --weights or install the default model", file=sys.stderr)
         return 2
     widget.segment()
     start = time.monotonic()
-    while widget.running() and time.monotonic() - start < args.timeout:
+    while widget.running and time.monotonic() - start < args.timeout:
         QApplication.processEvents()
         time.sleep(0.02)
     for _ in range(20):

@@ -44,3 +44,25 @@ def make_tiny_checkpoint(path: Path, seed: int = 0, meta: dict | None = None) ->
 @pytest.fixture
 def tiny_checkpoint(tmp_path) -> Path:
     return make_tiny_checkpoint(tmp_path / "tiny.pt")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_recovery_dir(tmp_path, monkeypatch):
+    """Keep autosaved corrections of every test out of the user's real cache folder."""
+    monkeypatch.setenv("LGG_SEG_RECOVERY_DIR", str(tmp_path / "recovery"))
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_worker_threads():
+    """Fail the test that leaves a napari worker running: Qt's global pool has only as many threads as
+    cores, so a leaked worker would starve every later test's workers."""
+    yield
+    import sys
+
+    if "qtpy" not in sys.modules:
+        return
+    from qtpy.QtCore import QThreadPool
+
+    pool = QThreadPool.globalInstance()
+    if not pool.waitForDone(60_000):
+        pytest.fail(f"{pool.activeThreadCount()} worker thread(s) still running 60 s after the test")

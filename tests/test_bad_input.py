@@ -187,6 +187,15 @@ def test_one_bad_patient_in_a_dataset(tmp_path, capsys, tiny_checkpoint):
     assert not (tmp_path / "out" / PID).exists()
 
 
+def test_same_patient_in_two_folders(tmp_path, capsys, tiny_checkpoint):
+    root = tmp_path / "data"
+    write_patient(root / "copy_a", n=1)
+    write_patient(root / "copy_b", n=1)
+    code, _, err = segment(capsys, root, tmp_path / "out", tiny_checkpoint)
+    assert_cli_error(code, err, "both hold patient", PID)
+    assert not (tmp_path / "out").exists()
+
+
 # --- unusual pixel data ----------------------------------------------------------------------
 
 

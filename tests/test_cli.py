@@ -251,6 +251,35 @@ def test_demo_refuses_to_replace_foreign_folder(capsys, tmp_path, monkeypatch):
     assert (foreign / "precious.txt").read_text() == "keep me"
 
 
+def test_demo_gui_opens_the_sample_and_segments(make_napari_viewer, qtbot, monkeypatch, tmp_path):
+    import napari
+
+    monkeypatch.setenv("LGG_SEG_RECOVERY_DIR", str(tmp_path / "recovery"))
+    monkeypatch.setattr(model, "DEFAULT_MODEL_PATH", make_tiny_checkpoint(tmp_path / "default.pt"))
+    viewer = make_napari_viewer()
+    monkeypatch.setattr(napari, "Viewer", lambda **kwargs: viewer)
+    opened, widget = demo.open_demo_viewer()
+    assert opened is viewer
+    assert "PHANTOM_00_20000101 FLAIR" in [layer.name for layer in viewer.layers]
+    qtbot.waitUntil(lambda: not widget.running, timeout=120_000)
+    names = [layer.name for layer in viewer.layers]
+    assert "PHANTOM_00_20000101 tumour" in names  # the Segment button was pressed for us
+    assert viewer.layers["PHANTOM_00_20000101 tumour"].data.shape == (24, 256, 256)
+
+
+def test_demo_gui_without_default_model(make_napari_viewer, monkeypatch, tmp_path, capsys, no_default_model):
+    import napari
+
+    monkeypatch.setenv("LGG_SEG_RECOVERY_DIR", str(tmp_path / "recovery"))
+    viewer = make_napari_viewer()
+    monkeypatch.setattr(napari, "Viewer", lambda **kwargs: viewer)
+    monkeypatch.setattr(napari, "run", lambda: None)
+    monkeypatch.setattr(demo, "display_available", lambda: True)
+    assert cli.main(["demo"]) == 0
+    assert "no default model is installed yet" in capsys.readouterr().out
+    assert len(viewer.layers) == 4 and not any(layer.name.endswith("tumour") for layer in viewer.layers)
+
+
 def test_display_available(monkeypatch):
     monkeypatch.setattr(sys, "platform", "linux")
     for name in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM"):

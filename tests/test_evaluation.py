@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from conftest import make_tiny_checkpoint
+from conftest import REAL_DATA, make_tiny_checkpoint, requires_real_data
 from napari_lgg_seg import evaluation
 from napari_lgg_seg.eda import run_eda
 from napari_lgg_seg.evaluation import (
@@ -248,3 +248,12 @@ def test_run_eda_finds_problems(phantom_root, tmp_path):
 def test_run_eda_rejects_a_folder_without_patients(tmp_path):
     with pytest.raises(LGGFormatError, match="no patient folders"):
         run_eda(tmp_path, tmp_path / "out")
+
+
+@requires_real_data
+def test_run_eda_on_the_real_data(tmp_path):
+    report = run_eda(REAL_DATA, tmp_path / "eda")
+    assert report["patients"] == 66 and report["pairs"] == 2270
+    assert report["image_shapes"] == {"256x256x3": 2270} and report["masks_binary_0_255"] and report["aligned"]
+    assert report["corrupt_files"]["count"] == 0 and 0.5 < report["empty_mask_share"] < 0.8
+    assert report["slices_per_patient"]["min"] >= 20 and report["slices_per_patient"]["max"] <= 88

@@ -8,7 +8,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .io import CHANNEL_NAMES, FLAIR_CHANNEL, Patient, is_dataset_root, is_patient_folder, load_patient, parse_slice_name
+from .io import (
+    CHANNEL_NAMES,
+    FLAIR_CHANNEL,
+    Patient,
+    is_dataset_root,
+    is_patient_folder,
+    load_patient,
+    parse_slice_name,
+)
 
 
 def _single_path(path):

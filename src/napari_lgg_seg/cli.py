@@ -153,17 +153,19 @@ def cmd_segment(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise CLIError(f"{out}: exists and is not a folder.")
-    targets = {}
+    targets: dict[Path, Path] = {}
     for folder in folders:
         pid = _first_patient_id(folder) or folder.name
         target = out / sanitize_name(pid)
+        if target in targets:
+            raise CLIError(f"{targets[target]} and {folder} both hold patient {pid}; segment them separately.")
         if _same_or_nested(target, folder):
             raise CLIError(f"--out {out} would write into the input patient folder {folder}; choose another --out.")
         if is_patient_folder(target):
             raise CLIError(f"{target} holds image slices; segment never replaces images. Choose another --out.")
         if target.exists() and not args.overwrite:
             raise CLIError(f"{target} already exists; pass --overwrite to replace it or choose another --out.")
-        targets[folder] = target
+        targets[target] = folder
     loaded, device, weights = load_inference_model(args.weights, args.device)
     settings, tta = inference_settings(loaded, args.threshold, args.tta)
     print(f"model {weights} on {device}; threshold {settings.threshold:g}, tta {'on' if tta else 'off'}, "

@@ -156,8 +156,9 @@ def _press_segment(widget, patient_id: str | None = None) -> bool:
     return False
 
 
-def run_gui() -> int:
-    """Open napari with the phantom, dock the segment widget and segment if a default model exists."""
+def open_demo_viewer():
+    """A napari viewer with the phantom open and the segment dock; segmentation started if a default
+    model is installed. Returns ``(viewer, segment_widget)``."""
     import napari
 
     from ._sample_data import SAMPLE_PATIENT_ID
@@ -171,6 +172,14 @@ def run_gui() -> int:
               f"'{SEGMENT_WIDGET}' dock to segment it.")
     elif not _press_segment(widget, SAMPLE_PATIENT_ID):
         print(f"press Segment in the '{SEGMENT_WIDGET}' dock to segment the phantom.")
+    return viewer, widget
+
+
+def run_gui() -> int:
+    """Open napari with the phantom, dock the segment widget and segment if a default model exists."""
+    import napari
+
+    open_demo_viewer()
     napari.run()
     return 0
 

@@ -88,19 +88,16 @@ def _training_size(loaded) -> int:
 def predict_probabilities(model, images: np.ndarray, *, device="auto", batch_size: int = 16, tta: bool = False,
                           image_size: int | None = 256, precision: str = "auto",
                           progress: Callable[[int, int], None] | None = None) -> np.ndarray:
-    """(Z, H, W, 3) uint8 -> (Z, H, W) probabilities; slices not of ``image_size`` are resized to it and back
-    (as training resized them)."""
-    from .inference import predict_volume, resize_for_model, resize_probabilities
+    """(Z, H, W, 3) uint8 -> (Z, H, W) probabilities, the way the CLI and widgets predict: slices far from
+    the model's training size ``image_size`` are resized for the network and back
+    (``inference.predict_any_size``); ``image_size`` None never resizes."""
+    from .inference import predict_any_size, predict_volume
 
-    h, w = images.shape[1:3]
-    resized = image_size is not None and (h, w) != (image_size, image_size)
-    if resized:
-        images, _ = resize_for_model(images, image_size)
-    probs = predict_volume(model, images, device=device, batch_size=batch_size, tta=tta, precision=precision,
-                           progress=progress)
-    if resized:
-        probs = np.clip(resize_probabilities(probs, (h, w)), 0.0, 1.0)
-    return probs
+    if image_size is None:
+        return predict_volume(model, images, device=device, batch_size=batch_size, tta=tta, precision=precision,
+                              progress=progress)
+    return predict_any_size(model, images, size=int(image_size), device=device, batch_size=batch_size, tta=tta,
+                            precision=precision, progress=progress)
 
 
 def _select_folders(data_roots: Iterable[str | os.PathLike], patients: list[str] | None) -> dict[str, Path]:

@@ -47,7 +47,7 @@ def export_corrected_patient(
         "source_folder": metadata.get("lgg_folder"),
         "source_files_copied": files is not None,
         "model": model,
-        "exported": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "exported": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "voxels_edited": voxels_edited,
         "tumour_voxels": int(np.count_nonzero(masks)),
         "slices": int(masks.shape[0]),

@@ -92,7 +92,16 @@ def _tiff_files(folder: Path) -> list[Path]:
         entries = list(os.scandir(folder))
     except PermissionError as err:
         raise LGGFormatError(f"Cannot list {folder}: permission denied.") from err
-    return [Path(e.path) for e in entries if e.name.lower().endswith(TIFF_SUFFIXES) and e.is_file()]
+    files = []
+    for entry in entries:
+        if not entry.name.lower().endswith(TIFF_SUFFIXES):
+            continue
+        try:
+            if entry.is_file():
+                files.append(Path(entry.path))
+        except OSError:
+            warnings.warn(f"{entry.path}: broken or looping link, ignored", stacklevel=3)
+    return files
 
 
 def is_patient_folder(path: str | os.PathLike) -> bool:

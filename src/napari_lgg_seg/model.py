@@ -144,7 +144,7 @@ def checkpoint_dict(model: nn.Module, config: dict | None = None, meta: dict | N
     if half:
         state = {k: (v.half() if v.is_floating_point() else v) for k, v in state.items()}
     meta = dict(meta or {})
-    meta.setdefault("saved", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    meta.setdefault("saved", _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"))
     meta.setdefault("torch", str(torch.__version__))
     return {
         "format": CHECKPOINT_FORMAT,

@@ -1,0 +1,633 @@
+"""Regenerate docs/bad_input.md: what the user sees for each kind of bad input, and whether anything was lost.
+
+Each case is built in a temporary folder from synthetic phantoms and run through the product's real code paths
+(``io.load_patient`` / ``_reader.napari_get_reader``, ``cli.main(["segment", ...])``, ``model.load_model``,
+``export.export_corrected_patient``); the script prints a Markdown table.
+
+    .venv/bin/python docs/bad_input_table.py > docs/bad_input.md
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io as _io
+import os
+import re
+import shutil
+import sys
+import tempfile
+import threading
+import time
+import traceback
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+PID = "BAD_01_20000101"
+TINY = {"features": [4, 8, 16, 32], "bottleneck": 32}  # as tests/conftest.py make_tiny_checkpoint
+MAX_CHARS = 160
+
+
+@dataclass
+class Row:
+    input: str
+    where: str
+    seen: str
+    safe: str
+    problem: str = ""  # non-empty: a raw traceback, an unclear message or lost data (listed below the table)
+
+
+class Context:
+    """The temporary folder, path clean-up for messages and a shared tiny checkpoint."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._checkpoint: Path | None = None
+
+    def folder(self, name: str) -> Path:
+        path = self.root / name
+        path.mkdir(parents=True)
+        return path
+
+    def clean(self, text: str) -> str:
+        """Replace temporary paths by their base name; one line."""
+        def base(match: re.Match) -> str:
+            path = match.group(0)
+            trail = ""
+            while path.endswith((".", "/")) and len(path) > 1:
+                trail = path[-1] + trail if path[-1] == "." else trail
+                path = path[:-1]
+            return (Path(path).name or path) + trail
+
+        text = " ".join(str(text).split())
+        for prefix in {str(self.root), os.path.realpath(self.root)}:
+            text = re.sub(re.escape(prefix) + r"[^\s:;,()'\"\[\]]*", base, text)
+        return text
+
+    def checkpoint(self) -> Path:
+        if self._checkpoint is None:
+            self._checkpoint = make_checkpoint(self.root / "tiny.pt")
+        return self._checkpoint
+
+
+def shorten(text: str, limit: int = MAX_CHARS) -> str:
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+def msg(text: str, limit: int = MAX_CHARS) -> str:
+    """Mark a message the user sees verbatim (rendered as code in the table)."""
+    return f"\x02{shorten(text, limit)}\x03"
+
+
+def make_checkpoint(path: Path, **config) -> Path:
+    """A random-weight tiny U-Net in the project's checkpoint format."""
+    import torch
+
+    from napari_lgg_seg.model import ModelConfig, UNet, save_checkpoint
+
+    torch.manual_seed(0)
+    save_checkpoint(path, UNet(ModelConfig.from_dict({**TINY, **config})), config={"note": "bad-input table"})
+    return path
+
+
+def write_patient(folder: Path, n: int = 3, size: int | tuple[int, int] = 32, masks: bool = True,
+                  numbers: list[int] | None = None, convert: Callable[[np.ndarray], np.ndarray] | None = None,
+                  seed: int = 0) -> Path:
+    """Phantom slices ``<PID>_<k>.tif`` (+ ``_mask.tif``); ``convert`` changes each image array before writing."""
+    from napari_lgg_seg.sample import make_phantom
+
+    h, w = (size, size) if isinstance(size, int) else size
+    images, truth = make_phantom(n_slices=n, size=max(h, w), seed=seed)
+    images, truth = images[:, :h, :w], truth[:, :h, :w]
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, k in enumerate(numbers or range(1, n + 1)):
+        image = convert(images[i]) if convert else images[i]
+        photometric = "rgb" if image.ndim == 3 and image.shape[-1] in (3, 4) else "minisblack"
+        extra = {"extrasamples": ["unassalpha"]} if image.ndim == 3 and image.shape[-1] == 4 else {}
+        tifffile.imwrite(folder / f"{PID}_{k}.tif", image, photometric=photometric, **extra)
+        if masks:
+            tifffile.imwrite(folder / f"{PID}_{k}_mask.tif", truth[i] * 255)
+    return folder
+
+
+def snapshot(path: Path) -> dict[str, str]:
+    """Relative path -> content hash (``dir``, ``link -> target``) of everything below ``path``, links not followed."""
+    if not os.path.lexists(path):
+        return {}
+    result: dict[str, str] = {}
+    for dirpath, dirnames, filenames in os.walk(path, followlinks=False):
+        for name in dirnames + filenames:
+            full = os.path.join(dirpath, name)
+            rel = os.path.relpath(full, path)
+            if os.path.islink(full):
+                result[rel] = "link -> " + os.readlink(full)
+            elif os.path.isdir(full):
+                result[rel] = "dir"
+            else:
+                with open(full, "rb") as f:
+                    result[rel] = hashlib.sha256(f.read()).hexdigest()
+    return result
+
+
+def unchanged(before: dict[str, str], path: Path, what: str) -> tuple[str, str]:
+    after = snapshot(path)
+    if after == before:
+        entries = f"{len(before)} {'entry' if len(before) == 1 else 'entries'}"
+        return f"yes ({what} unchanged: {entries}, same bytes)", ""
+    changed = sorted(set(before) ^ set(after) | {k for k in before if k in after and before[k] != after[k]})
+    return f"no ({what} changed: {', '.join(changed[:3])})", "data changed"
+
+
+# --- runners -----------------------------------------------------------------------------------------------
+
+
+def run_reader(ctx: Context, folder: Path, target: Path | None = None) -> tuple[str, str, str]:
+    """(what the user sees, where, problem) for ``load_patient`` (and whether napari offers the reader)."""
+    from napari_lgg_seg._reader import napari_get_reader
+    from napari_lgg_seg.io import LGGFormatError, load_patient
+
+    target = target or folder
+    problem = ""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            patient = load_patient(target)
+        except LGGFormatError as err:
+            seen = f"error: {msg(ctx.clean(err))}"
+        except Exception as err:  # noqa: BLE001 - reported as a finding
+            seen = f"RAW {type(err).__name__}: {msg(ctx.clean(err))}"
+            problem = f"load_patient raised {type(err).__name__} instead of LGGFormatError"
+        else:
+            z, h, w, _ = patient.images.shape
+            truth = "ground truth loaded" if patient.masks is not None else "no ground truth (no labels layer)"
+            seen = f"opens: {z} slices {h}x{w}, {truth}"
+    notes = [ctx.clean(w.message) for w in caught]
+    for note, w in zip(notes, caught):
+        prefix = "" if w.category is UserWarning else f"{w.category.__name__}: "
+        seen += f"; warning: {msg(prefix + note)}"
+    try:
+        offered = napari_get_reader(str(target)) is not None
+    except Exception as err:  # noqa: BLE001
+        offered = False
+        problem = problem or f"napari_get_reader raised {type(err).__name__}: {err}"
+    where = "reader" if offered else "reader (the napari reader hook declines the folder; napari shows its own message)"
+    return seen, where, problem
+
+
+def run_cli(ctx: Context, *args: str | Path) -> tuple[int | str, str, str]:
+    """(exit code, stdout, stderr) of ``napari-lgg-seg ...`` run in-process."""
+    from napari_lgg_seg import cli
+
+    out, err = _io.StringIO(), _io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), warnings.catch_warnings():
+        try:
+            code: int | str = cli.main([str(a) for a in args])
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 2
+        except Exception:  # noqa: BLE001 - a traceback the user would see
+            code = "uncaught exception"
+            err.write(traceback.format_exc())
+    return code, out.getvalue(), err.getvalue()
+
+
+def segment(ctx: Context, source: Path, out: Path, *extra: str | Path, weights: Path | None = None):
+    return run_cli(ctx, "segment", source, "--out", out, "--weights", weights or ctx.checkpoint(),
+                   "--device", "cpu", "--batch-size", "4", *extra)
+
+
+def cli_seen(ctx: Context, code, out: str, err: str, expect_error: bool = True) -> tuple[str, str]:
+    """Text of the CLI's answer and a problem note when it is not one clean line with exit code 2."""
+    problem = ""
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    if "Traceback" in err:
+        problem = "the CLI printed a traceback"
+    elif expect_error and code != 2:
+        problem = f"exit code {code}, expected 2"
+    elif expect_error and not (lines and lines[-1].startswith("napari-lgg-seg segment: error: ")):
+        problem = "the last stderr line is not 'napari-lgg-seg segment: error: ...'"
+    if code == 0:
+        shown = [ln for ln in out.strip().splitlines()] + [ln for ln in lines if ln.startswith("warning")]
+        text = " / ".join(ctx.clean(ln) for ln in shown)
+    else:
+        text = ctx.clean(lines[-1]) if lines else "(nothing on stderr)"
+        if not lines:
+            problem = problem or "no message"
+    return f"exit {code}: {msg(text)}", problem
+
+
+# --- cases ---------------------------------------------------------------------------------------------------
+
+
+def reader_case(ctx: Context, label: str, build: Callable[[Path], Path | None], name: str) -> Row:
+    folder = ctx.folder(name) / PID
+    folder.mkdir()
+    target = build(folder)
+    before = snapshot(folder)
+    seen, where, problem = run_reader(ctx, folder, target)
+    safe, changed = unchanged(before, folder, "folder")
+    return Row(label, where, seen, safe, problem or changed)
+
+
+def cli_error_case(ctx: Context, label: str, build: Callable[[Path], Path], name: str,
+                   weights: Path | None = None) -> Row:
+    base = ctx.folder(name)
+    source = build(base)
+    before = snapshot(source)
+    out = base / "out"
+    code, stdout, stderr = segment(ctx, source, out, weights=weights)
+    seen, problem = cli_seen(ctx, code, stdout, stderr)
+    safe_in, changed = unchanged(before, source, "input")
+    if os.path.lexists(out):
+        return Row(label, "CLI segment", seen, f"no (OUT was created: {sorted(snapshot(out))[:3]})",
+                   problem or "OUT written on error")
+    return Row(label, "CLI segment", seen, "yes (OUT folder absent; " + safe_in.removeprefix("yes ("),
+               problem or changed)
+
+
+def reader_cases(ctx: Context) -> list[Row]:
+    from napari_lgg_seg import io
+
+    rows = []
+
+    def empty(folder: Path) -> None:
+        return None
+
+    def no_tiffs(folder: Path) -> None:
+        (folder / f"{PID}_1.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+        (folder / "notes.txt").write_text("scan notes")
+
+    def images_only(folder: Path) -> None:
+        write_patient(folder, masks=False)
+
+    def masks_only(folder: Path) -> None:
+        write_patient(folder)
+        for f in folder.glob(f"{PID}_?.tif"):
+            f.unlink()
+
+    def sizes(folder: Path) -> None:
+        write_patient(folder, size=32)
+        write_patient(folder, n=1, size=48, numbers=[4], seed=1)
+
+    def duplicates(folder: Path) -> None:
+        write_patient(folder)
+        shutil.copyfile(folder / f"{PID}_1.tif", folder / f"{PID}_01.tif")
+
+    def non_numeric(folder: Path) -> None:
+        write_patient(folder)
+        shutil.copyfile(folder / f"{PID}_1.tif", folder / f"{PID}_a.tif")
+        shutil.copyfile(folder / f"{PID}_2.tif", folder / f"{PID}_2_copy.tif")
+
+    def gaps(folder: Path) -> None:
+        write_patient(folder, numbers=[1, 2, 5])
+
+    def truncated(folder: Path) -> None:
+        write_patient(folder)
+        data = (folder / f"{PID}_2.tif").read_bytes()
+        (folder / f"{PID}_2.tif").write_bytes(data[: len(data) // 2])
+
+    def random_bytes(folder: Path) -> None:
+        write_patient(folder)
+        (folder / f"{PID}_2.tif").write_bytes(np.random.default_rng(0).bytes(4096))
+
+    def large(folder: Path) -> None:
+        side = 5000
+        assert side * side > io.MAX_SLICE_PIXELS, "raise the side above the reader's limit"
+        tifffile.imwrite(folder / f"{PID}_1.tif", np.zeros((side, side), np.uint8), photometric="minisblack")
+
+    def unreadable(folder: Path) -> None:
+        write_patient(folder)
+        os.chmod(folder / f"{PID}_2.tif", 0)
+
+    def loop_named_slice(folder: Path) -> None:
+        write_patient(folder)
+        os.symlink(f"{PID}_4.tif", folder / f"{PID}_4.tif")  # a link to itself
+
+    cases: list[tuple[str, Callable, str]] = [
+        ("empty folder", empty, "empty"),
+        ("folder without TIFFs (a .png and a .txt)", no_tiffs, "no_tiffs"),
+        ("images without masks", images_only, "images_only"),
+        ("masks without images", masks_only, "masks_only"),
+        ("slices of different sizes (32x32 and 48x48)", sizes, "sizes"),
+        ("duplicate slice numbers (_1 and _01)", duplicates, "duplicates"),
+        ("non-numeric slice names (_a, _2_copy)", non_numeric, "non_numeric"),
+        ("gaps in slice numbers (1, 2, 5)", gaps, "gaps"),
+        ("truncated TIFF (second slice cut in half)", truncated, "truncated"),
+        ("random bytes named .tif", random_bytes, "random"),
+        ("16-bit images", lambda f: write_patient(f, convert=lambda a: a.astype(np.uint16) * 257), "uint16"),
+        ("float32 images", lambda f: write_patient(f, convert=lambda a: a.astype(np.float32) / 255), "float32"),
+        ("single-channel images (H x W)", lambda f: write_patient(f, convert=lambda a: a[..., 1]), "single"),
+        ("RGBA images", lambda f: write_patient(
+            f, convert=lambda a: np.concatenate([a, np.full(a.shape[:2] + (1,), 255, np.uint8)], -1)), "rgba"),
+        ("very large slice (5000 x 5000 uint8, > io.MAX_SLICE_PIXELS)", large, "large"),
+        ("symlink loop named like a slice (_4.tif -> itself)", loop_named_slice, "loop_slice"),
+    ]
+    for label, build, name in cases:
+        rows.append(reader_case(ctx, label, build, name))
+    rows.append(unreadable_case(ctx, unreadable))
+    return rows
+
+
+def unreadable_case(ctx: Context, build: Callable[[Path], None]) -> Row:
+    label = "unreadable file (chmod 000 on a slice)"
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        folder = ctx.folder("unreadable") / PID
+        build(folder)
+        seen, _, _ = run_reader(ctx, folder)
+        return Row(label, "reader", f"not testable as root (root reads chmod-000 files; here: {seen})",
+                   "n/a (see tests/test_bad_input.py::test_permission_error_message)")
+    return reader_case(ctx, label, lambda f: build(f), "unreadable")
+
+
+def symlink_loop_root(ctx: Context) -> Row:
+    """A dataset root holding a link to itself and two links pointing at each other."""
+    from napari_lgg_seg._reader import napari_get_reader
+    from napari_lgg_seg.io import find_patient_folders
+
+    root = ctx.folder("loop_root")
+    write_patient(root / PID)
+    os.symlink(root, root / "self_link")
+    os.symlink(root / "b", root / "a")
+    os.symlink(root / "a", root / "b")
+    os.symlink("..", root / PID / "parent_link")
+    before = snapshot(root)
+    result: dict[str, object] = {}
+
+    def work() -> None:
+        try:
+            result["folders"] = [p.name for p in find_patient_folders(root)]
+            result["reader"] = napari_get_reader(str(root)) is not None
+        except Exception as err:  # noqa: BLE001
+            result["error"] = f"{type(err).__name__}: {err}"
+
+    start = time.perf_counter()
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    thread.join(30)
+    seconds = time.perf_counter() - start
+    if thread.is_alive():
+        return Row("symlink loop in a dataset root", "reader", "HANGS (> 30 s)", "n/a", "find_patient_folders hangs")
+    if "error" in result:
+        seen, problem = f"RAW {msg(ctx.clean(result['error']))}", "find_patient_folders raised"
+    else:
+        when = "at once (< 1 s)" if seconds < 1 else f"after {seconds:.0f} s"
+        seen = (f"find_patient_folders returns {when}: {result['folders']}; napari reader "
+                f"{'offers to open the root' if result['reader'] else 'declines'}")
+        problem = "" if result["folders"] == [PID] else "loop links listed as patients"
+    safe, changed = unchanged(before, root, "root")
+    return Row("symlink loop in a dataset root (self link, a<->b, patient/.. link)", "reader", seen, safe,
+               problem or changed)
+
+
+def cli_cases(ctx: Context) -> list[Row]:
+    rows = [
+        cli_error_case(ctx, "empty folder", _empty_patient, "cli_empty"),
+        cli_error_case(ctx, "random bytes named .tif (single patient)", _random_patient, "cli_random"),
+        cli_error_case(ctx, "symlink loop named like a slice", _loop_slice_patient, "cli_loop_slice"),
+        _cli_partial_root(ctx),
+        _cli_odd_size(ctx),
+        _cli_out_has_patient(ctx),
+    ]
+    return rows
+
+
+def _empty_patient(base: Path) -> Path:
+    (base / PID).mkdir()
+    return base / PID
+
+
+def _loop_slice_patient(base: Path) -> Path:
+    folder = write_patient(base / PID)
+    os.symlink(f"{PID}_4.tif", folder / f"{PID}_4.tif")
+    return folder
+
+
+def _random_patient(base: Path) -> Path:
+    folder = write_patient(base / PID)
+    (folder / f"{PID}_2.tif").write_bytes(np.random.default_rng(0).bytes(4096))
+    return folder
+
+
+def _cli_partial_root(ctx: Context) -> Row:
+    """A dataset root with one good and one damaged patient: the good one is written, the command says which failed."""
+    base = ctx.folder("cli_partial")
+    root = base / "root"
+    write_patient(root / PID)
+    bad = root / "BAD_02_20000101"
+    bad.mkdir()
+    (bad / "BAD_02_20000101_1.tif").write_bytes(b"II*\x00garbage")
+    before = snapshot(root)
+    out = base / "out"
+    code, stdout, stderr = segment(ctx, root, out)
+    seen, problem = cli_seen(ctx, code, stdout, stderr)
+    skipped = [ctx.clean(ln) for ln in stderr.splitlines() if "skipped" in ln]
+    if skipped:
+        seen += f"; before it: {msg(skipped[0], 120)}"
+    written = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    safe, changed = unchanged(before, root, "input")
+    safe = f"{safe[:-1]}; OUT holds only {written})" if safe.startswith("yes") else safe
+    if written != [PID]:
+        problem = problem or f"OUT holds {written}"
+    return Row("dataset root with one good and one damaged patient", "CLI segment", seen, safe, problem or changed)
+
+
+def _cli_odd_size(ctx: Context) -> Row:
+    base = ctx.folder("cli_odd")
+    source = write_patient(base / PID, size=(200, 180))
+    out = base / "out"
+    code, stdout, stderr = segment(ctx, source, out)
+    seen, problem = cli_seen(ctx, code, stdout, stderr, expect_error=False)
+    shapes = sorted({tifffile.imread(f).shape for f in (out / PID).glob("*_mask.tif")}) if code == 0 else []
+    seen += f"; written masks are {' '.join('x'.join(map(str, s)) for s in shapes) or 'missing'}"
+    if code != 0 or shapes != [(200, 180)]:
+        problem = problem or f"masks {shapes}, exit {code}"
+    images_written = sorted(p.name for p in (out / PID).glob("*.tif") if not p.name.endswith("_mask.tif"))
+    safe = "yes (masks only in OUT; input untouched)" if not images_written else f"no (images written {images_written})"
+    return Row("200 x 180 slices (random-weight tiny model)", "CLI segment", seen, safe, problem)
+
+
+def _cli_out_has_patient(ctx: Context) -> Row:
+    base = ctx.folder("cli_exists")
+    source = write_patient(base / PID)
+    out = base / "out"
+    first = segment(ctx, source, out)
+    before = snapshot(out)
+    code, stdout, stderr = segment(ctx, source, out)
+    seen, problem = cli_seen(ctx, code, stdout, stderr)
+    if first[0] != 0:
+        problem = problem or "first run failed"
+    safe, changed = unchanged(before, out, "OUT")
+    return Row("OUT already holds the patient (no --overwrite)", "CLI segment", seen, safe, problem or changed)
+
+
+class _WouldRunCode:
+    """Unpickling this calls ``open(marker, "w")``: it creates the marker file."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def checkpoint_cases(ctx: Context) -> list[Row]:
+    import torch
+
+    from napari_lgg_seg.model import CheckpointError, ModelConfig, UNet, checkpoint_dict, load_model
+
+    base = ctx.folder("checkpoints")
+    rows: list[Row] = []
+
+    def run(label: str, path: Path, extra_check: Callable[[], tuple[str, str]] | None = None) -> None:
+        before = snapshot(base)
+        problem = ""
+        try:
+            loaded = load_model(path)
+            seen = f"loads ({type(loaded.model).__name__})"
+            problem = "accepted"
+        except CheckpointError as err:
+            seen = f"error: {msg(ctx.clean(err))}"
+        except Exception as err:  # noqa: BLE001
+            seen = f"RAW {type(err).__name__}: {msg(ctx.clean(err))}"
+            problem = f"load_model raised {type(err).__name__} instead of CheckpointError"
+        safe, changed = unchanged(before, base, "checkpoint folder")
+        if extra_check is not None:
+            note, extra_problem = extra_check()
+            safe = f"{safe}; {note}"
+            changed = changed or extra_problem
+        rows.append(Row(label, "checkpoint (load_model)", seen, safe, problem or changed))
+
+    shapes = checkpoint_dict(UNet(ModelConfig.from_dict(TINY)))
+    shapes["model_config"] = ModelConfig.from_dict({"features": [8, 16, 32, 64], "bottleneck": 64}).to_dict()
+    torch.save(shapes, base / "wrong_shapes.pt")
+    run("checkpoint: config and weight shapes disagree", base / "wrong_shapes.pt")
+
+    torch.save(torch.nn.Sequential(torch.nn.Linear(8, 2)).state_dict(), base / "other_net.pt")
+    run("checkpoint: another architecture (bare state dict)", base / "other_net.pt")
+
+    truncated = make_checkpoint(base / "truncated.pt")
+    truncated.write_bytes(truncated.read_bytes()[: truncated.stat().st_size // 2])
+    run("checkpoint: truncated file", truncated)
+
+    marker, control_marker = base / "MARKER_created_by_pickle", base / "MARKER_control"
+    torch.save({"state_dict": _WouldRunCode(marker)}, base / "evil.pt")
+    torch.save({"state_dict": _WouldRunCode(control_marker)}, ctx.root / "evil_control.pt")
+
+    def marker_check() -> tuple[str, str]:
+        with contextlib.suppress(Exception):  # control: the unsafe loader does run the code
+            torch.load(ctx.root / "evil_control.pt", weights_only=False)
+        control = control_marker.exists()
+        if marker.exists():
+            return "marker file CREATED", "pickle ran code"
+        return (f"marker file absent (control: torch.load(weights_only=False) "
+                f"{'creates its marker' if control else 'did not create its marker'})",
+                "" if control else "control did not run: the test pickle is ineffective")
+
+    run("checkpoint: pickle whose __reduce__ would create a marker file", base / "evil.pt", marker_check)
+
+    make_checkpoint(base / "one_channel.pt", in_channels=1)
+    run("checkpoint: 1 input channel", base / "one_channel.pt")
+
+    rows.append(cli_error_case(ctx, "checkpoint with 1 input channel, via CLI segment",
+                               lambda b: write_patient(b / PID), "cli_one_channel",
+                               weights=base / "one_channel.pt"))
+    return rows
+
+
+def export_case(ctx: Context) -> Row:
+    from napari_lgg_seg.export import export_corrected_patient
+    from napari_lgg_seg.io import load_patient
+
+    base = ctx.folder("export")
+    source = write_patient(base / "src" / PID)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        patient = load_patient(source)
+    out = base / "out"
+    export_corrected_patient(out, patient.masks, patient.metadata(), images=patient.images)
+    before = snapshot(out)
+    edited = patient.masks.copy()
+    edited[:, :4, :4] = 1
+    problem = ""
+    try:
+        export_corrected_patient(out, edited, patient.metadata(), images=patient.images)
+        seen, problem = "written (existing export replaced)", "overwrote without asking"
+    except FileExistsError as err:
+        seen = f"FileExistsError: {msg(ctx.clean(err))}"
+    except Exception as err:  # noqa: BLE001
+        seen, problem = f"RAW {type(err).__name__}: {msg(ctx.clean(err))}", "unexpected exception"
+    safe, changed = unchanged(before, out, "existing export")
+    return Row("export onto an existing patient folder (overwrite=False)", "export (export_corrected_patient)",
+               seen, safe, problem or changed)
+
+
+# --- output --------------------------------------------------------------------------------------------------
+
+
+def cell(text: str, code: bool = False) -> str:
+    text = re.sub(r"\s+", " ", str(text)).replace("`", "'")
+    text = text.replace("|", "\\|")
+    if code:
+        return f"`{text}`"
+    return text.replace("<", "&lt;").replace(">", "&gt;")
+
+
+def seen_cell(text: str) -> str:
+    """Outcome words in plain text, messages marked by ``msg`` as code (so <PATIENT> and paths show as typed)."""
+    parts = re.split("\x02(.*?)\x03", text)
+    return "".join(cell(part, code=i % 2 == 1) for i, part in enumerate(parts) if part).strip()
+
+
+def main() -> int:
+    import torch
+
+    torch.set_num_threads(1)
+    start = time.process_time()
+    with tempfile.TemporaryDirectory(prefix="lgg-bad-input-") as tmp:
+        ctx = Context(Path(tmp))
+        try:
+            rows = reader_cases(ctx)
+            rows.append(symlink_loop_root(ctx))
+            rows += cli_cases(ctx)
+            rows += checkpoint_cases(ctx)
+            rows.append(export_case(ctx))
+        finally:
+            for dirpath, _, filenames in os.walk(tmp):  # let the clean-up remove chmod-000 files
+                for name in filenames:
+                    path = os.path.join(dirpath, name)
+                    if not os.path.islink(path):
+                        os.chmod(path, 0o600)
+    print("# Bad input: what the user sees\n")
+    print("Generated by `docs/bad_input_table.py` from synthetic phantoms in a temporary folder (no real data), through "
+          "the product's own code paths: `io.load_patient` and the napari reader, `napari-lgg-seg segment` "
+          "(`cli.main`, stderr captured), `model.load_model` and `export.export_corrected_patient`. "
+          "Regenerate with\n")
+    print("```\n.venv/bin/python docs/bad_input_table.py > docs/bad_input.md\n```\n")
+    print("Messages are shortened to about 160 characters and temporary paths are replaced by their base name. "
+          "\"Nothing written or lost\" is checked, not assumed: the input folder, the checkpoint folder or the "
+          "existing output is hashed before and after, and an error must leave no output folder behind. "
+          "A CLI error must exit with code 2 and end with one `napari-lgg-seg segment: error: ...` line on "
+          "stderr, without a traceback. Cases that break these rules are listed under \"Problems found\" "
+          "(the script then exits with status 1).\n")
+    print("| input | where | what the user sees | nothing written or lost |")
+    print("|---|---|---|---|")
+    for row in rows:
+        print(f"| {cell(row.input)} | {cell(row.where)} | {seen_cell(row.seen)} | {cell(row.safe)} |")
+    problems = [row for row in rows if row.problem]
+    print()
+    if problems:
+        print("## Problems found\n")
+        for row in problems:
+            print(f"- {cell(row.input)} ({cell(row.where)}): {cell(row.problem)}")
+    else:
+        print("No case showed a traceback, an uncaught exception or changed data.")
+    print(f"{len(rows)} cases, {time.process_time() - start:.1f} s of CPU", file=sys.stderr)
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
