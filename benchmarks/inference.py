@@ -219,7 +219,7 @@ def main(argv: list[str] | None = None) -> dict | None:
                         help="checkpoint to use (default: the shipped model, else a random full-size U-Net)")
     parser.add_argument("--device", default="cpu", help="cpu / cuda / mps / auto")
     parser.add_argument("--threshold", type=float, default=0.5, help="probability threshold for the masks")
-    parser.add_argument("--matmul-size", type=int, default=2048, help="n of the n x n matmul peak measurement")
+    parser.add_argument("--matmul-size", type=int, default=768, help="n of the n x n matmul peak measurement")
     parser.add_argument("--matmul-seconds", type=float, default=2.0, help="time per matmul measurement")
     parser.add_argument("--memory", choices=("subprocess", "inline", "off"), default="subprocess",
                         help="peak memory: one fresh process per variant on the largest patient (clean), "

@@ -387,7 +387,6 @@ def cli_cases(ctx: Context) -> list[Row]:
     rows = [
         cli_error_case(ctx, "empty folder", _empty_patient, "cli_empty"),
         cli_error_case(ctx, "random bytes named .tif (single patient)", _random_patient, "cli_random"),
-        cli_error_case(ctx, "symlink loop named like a slice", _loop_slice_patient, "cli_loop_slice"),
         _cli_partial_root(ctx),
         _cli_odd_size(ctx),
         _cli_out_has_patient(ctx),

@@ -35,8 +35,8 @@ def test_phantom_lesion_is_flair_bright_inside_the_head():
     head = images.max(axis=-1) > 10
     assert not (lesion & ~head).any()
     flair = images[..., FLAIR_CHANNEL].astype(float)
-    brain = head & ~lesion & (flair > 80)
-    assert flair[lesion].mean() > flair[brain].mean() + 50
+    brain = head & ~lesion & (flair > 40)
+    assert flair[lesion].mean() > 1.5 * flair[brain].mean()  # about 1.8x brain, as in the real data
     # the lesion sits in the middle slices, not at the ends of the volume
     per_slice = lesion.reshape(24, -1).any(axis=1)
     assert not per_slice[0] and not per_slice[-1] and per_slice[12]

@@ -41,14 +41,16 @@ def make_phantom(n_slices: int = 24, size: int = 256, seed: int = 0, lesion: boo
         mask = (((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2) * warp + ((z - cz) / rz) ** 2 <= 1
         mask &= brain
     channels = []
-    for base_brain, base_vent, lesion_level, skull in ((95, 40, 120, 150), (110, 55, 215, 60), (100, 45, 135, 170)):
+    # intensities as in the real data (uint8 after the dataset's per-volume scaling): brain ~60 on every channel,
+    # the lesion ~1.8x brain on FLAIR and near brain on pre/post-contrast, dark CSF on FLAIR, bright scalp
+    for base_brain, base_vent, lesion_level, skull in ((65, 30, 55, 140), (62, 25, 112, 80), (62, 35, 62, 120)):
         img = np.zeros((n_slices, size, size), np.float32)
         img[head] = skull
         img[brain] = base_brain
         img[brain & ventricles] = base_vent
-        img += 8 * texture * brain
-        img[mask] = lesion_level + 10 * texture[mask]
-        img += rng.normal(0, 3, img.shape) * head
+        img += 6 * texture * brain
+        img[mask] = lesion_level + 8 * texture[mask]
+        img += rng.normal(0, 3, img.shape) * head + np.abs(rng.normal(0, 1.5, img.shape))
         channels.append(np.clip(img, 0, 255))
     images = np.stack(channels, axis=-1).round().astype(np.uint8)
     return images, mask.astype(np.uint8)

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 from qtpy.QtWidgets import (
     QCheckBox,
-    QComboBox,
     QFileDialog,
     QFormLayout,
     QHBoxLayout,
@@ -23,6 +22,7 @@ from qtpy.QtWidgets import (
 from .. import recovery
 from ..io import LGGFormatError, sanitize_name
 from ._common import ROLE_PREDICTION, PatientLayers, disconnector, find_patients, mark_exported, notify, voxels_changed
+from ._qt import RefreshingComboBox
 
 
 def _model_description(meta: dict) -> str | None:
@@ -33,14 +33,6 @@ def _model_description(meta: dict) -> str | None:
     return path or label
 
 
-class _RefreshingComboBox(QComboBox):
-    def __init__(self, refresh, parent=None) -> None:
-        super().__init__(parent)
-        self._refresh = refresh
-
-    def showPopup(self) -> None:  # noqa: N802 (Qt name)
-        self._refresh()
-        super().showPopup()
 
 
 class ExportWidget(QWidget):
@@ -50,7 +42,7 @@ class ExportWidget(QWidget):
         super().__init__(parent)
         self.viewer = napari_viewer
         form = QFormLayout()
-        self.labels_combo = _RefreshingComboBox(self.refresh_layers)
+        self.labels_combo = RefreshingComboBox(self.refresh_layers)
         self.labels_combo.setToolTip("The corrected tumour layer to export")
         form.addRow("Labels layer", self.labels_combo)
         self.folder_edit = QLineEdit()

@@ -49,6 +49,7 @@ from ._common import (
     volume_readout,
     voxels_changed,
 )
+from ._qt import RefreshingComboBox
 
 NO_MODEL_TEXT = "No default model is installed; choose a checkpoint file (.pt)"
 OPEN_PATIENT_TEXT = ("Open a patient first: File > Open (an LGG patient folder) or "
@@ -74,16 +75,6 @@ def _segment_job(model, images: np.ndarray, device: str, tta: bool, batch_size: 
     return resize_probabilities(probs, (h, w))
 
 
-class _RefreshingComboBox(QComboBox):
-    """A combo box that asks for fresh items right before its list opens."""
-
-    def __init__(self, refresh, parent=None) -> None:
-        super().__init__(parent)
-        self._refresh = refresh
-
-    def showPopup(self) -> None:  # noqa: N802 (Qt name)
-        self._refresh()
-        super().showPopup()
 
 
 class SegmentWidget(QWidget):
@@ -143,7 +134,7 @@ class SegmentWidget(QWidget):
 
     def _build(self) -> None:
         form = QFormLayout()
-        self.patient_combo = _RefreshingComboBox(self._refresh_patients)
+        self.patient_combo = RefreshingComboBox(self._refresh_patients)
         self.patient_combo.setToolTip("The patient to segment (from the layers the LGG reader made)")
         self.patient_combo.currentIndexChanged.connect(self._on_patient_changed)
         form.addRow("Patient", self.patient_combo)

@@ -35,6 +35,8 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ._qt import RefreshingComboBox
+
 RUNS_HOME = Path("~/napari-lgg-seg-runs")
 SCRATCH = "scratch"
 DEFAULT = "default"
@@ -113,16 +115,6 @@ def read_history(out: str | os.PathLike) -> list[dict]:
     return rows
 
 
-class _RefreshingComboBox(QComboBox):
-    """A combo box that asks for fresh items right before its list opens."""
-
-    def __init__(self, refresh, parent=None) -> None:
-        super().__init__(parent)
-        self._refresh = refresh
-
-    def showPopup(self) -> None:  # noqa: N802 (Qt name)
-        self._refresh()
-        super().showPopup()
 
 
 class TrainWidget(QWidget):
@@ -166,7 +158,7 @@ class TrainWidget(QWidget):
         layout.addLayout(row)
 
         form = QFormLayout()
-        self.start_combo = _RefreshingComboBox(self._refresh_start)
+        self.start_combo = RefreshingComboBox(self._refresh_start)
         self.start_combo.setToolTip("Fine-tune a model (architecture and training size are the model's) or "
                                     "train a new U-Net from random weights")
         self.start_combo.activated.connect(self._on_start_activated)
@@ -211,7 +203,7 @@ class TrainWidget(QWidget):
         self.crop_check = QCheckBox("128-px crops, half around tumour (faster on CPU)")
         self.crop_check.setToolTip("Off: whole slices, as in the seed work")
         form.addRow(self.crop_check)
-        self.device_combo = _RefreshingComboBox(self._refresh_devices)
+        self.device_combo = RefreshingComboBox(self._refresh_devices)
         form.addRow("Device", self.device_combo)
         self.out_edit = QLineEdit()
         self.out_edit.textEdited.connect(self._on_output_edited)
