@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .io import LGGFormatError, Patient, find_patient_folders, load_patient
+from .io import LGGFormatError, Patient, load_patient, require_patient_folders
 from .transforms import volume_channel_stats
 
 
@@ -18,13 +18,7 @@ def index_patients(roots: list[str | os.PathLike]) -> dict[str, Path]:
     """Map patient id (folder name) -> folder over one or more roots in the LGG layout."""
     found: dict[str, Path] = {}
     for root in roots:
-        root = Path(root)
-        if not root.exists():
-            raise LGGFormatError(f"{root}: data folder not found.")
-        folders = find_patient_folders(root)
-        if not folders:
-            raise LGGFormatError(f"{root}: no patient folders (<PATIENT>/<PATIENT>_<k>.tif) found.")
-        for folder in folders:
+        for folder in require_patient_folders(root):
             if folder.name in found:
                 warnings.warn(f"patient {folder.name} found in several roots; using {folder}", stacklevel=2)
             found[folder.name] = folder

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .io import LGGFormatError, find_patient_folders, parse_slice_name
+from .io import parse_slice_name, require_patient_folders
 
 MAX_EXAMPLES = 20
 
@@ -50,11 +50,7 @@ def run_eda(root: str | os.PathLike, out_dir: str | os.PathLike, *, samples: int
     """Check a dataset root and write ``eda.json`` + ``eda_samples.png`` into ``out_dir``; returns the report."""
     t0 = time.perf_counter()
     root = Path(root)
-    if not root.is_dir():
-        raise LGGFormatError(f"{root}: folder not found.")
-    folders = find_patient_folders(root)
-    if not folders:
-        raise LGGFormatError(f"{root}: no patient folders (<PATIENT>/<PATIENT>_<k>.tif) found.")
+    folders = require_patient_folders(root)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 

@@ -135,6 +135,17 @@ def find_patient_folders(root: str | os.PathLike) -> list[Path]:
     return [p for p in children if is_patient_folder(p)]
 
 
+def require_patient_folders(root: str | os.PathLike) -> list[Path]:
+    """``find_patient_folders`` for a root that must hold patients: a clear error when it holds none."""
+    root = Path(root)
+    if not root.is_dir():
+        raise LGGFormatError(f"{root}: data folder not found.")
+    folders = find_patient_folders(root)
+    if not folders:
+        raise LGGFormatError(f"{root}: no patient folders (<PATIENT>/<PATIENT>_<k>.tif) found.")
+    return folders
+
+
 def _points_inside(link: Path, root: Path) -> bool:
     """True when a symlinked folder resolves to ``root`` or one of its parents (a loop)."""
     try:
