@@ -41,9 +41,20 @@ def _shape_key(shape: tuple[int, ...]) -> str:
     return "x".join(str(s) for s in shape)
 
 
-def _add_example(store: list, item, limit: int = MAX_EXAMPLES) -> None:
-    if len(store) < limit:
-        store.append(item)
+class _Findings:
+    """A count of one kind of problem and its first few examples."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.examples: list = []
+
+    def add(self, item) -> None:
+        self.count += 1
+        if len(self.examples) < MAX_EXAMPLES:
+            self.examples.append(item)
+
+    def as_dict(self) -> dict:
+        return {"count": self.count, "examples": self.examples}
 
 
 def run_eda(root: str | os.PathLike, out_dir: str | os.PathLike, *, samples: int = 8) -> dict:
@@ -59,18 +70,12 @@ def run_eda(root: str | os.PathLike, out_dir: str | os.PathLike, *, samples: int
     mask_shapes: Counter = Counter()
     mask_dtypes: Counter = Counter()
     mask_values: set[int] = set()
-    corrupt: list[dict] = []
-    n_corrupt = 0
-    nonbinary: list[str] = []
-    n_nonbinary = 0
-    misaligned: list[dict] = []
-    n_misaligned = 0
-    images_without_mask: list[str] = []
-    n_images_without_mask = 0
-    masks_without_image: list[str] = []
-    n_masks_without_image = 0
-    unparsed: list[str] = []
-    n_unparsed = 0
+    corrupt = _Findings()
+    nonbinary = _Findings()
+    misaligned = _Findings()
+    images_without_mask = _Findings()
+    masks_without_image = _Findings()
+    unparsed = _Findings()
     gaps: dict[str, list[int]] = {}
     per_patient: list[dict] = []
     tumour_slice_pixels: list[int] = []
@@ -86,8 +91,7 @@ def run_eda(root: str | os.PathLike, out_dir: str | os.PathLike, *, samples: int
                 continue
             parsed = parse_slice_name(entry.name)
             if parsed is None:
-                n_unparsed += 1
-                _add_example(unparsed, f"{folder.name}/{entry.name}")
+                unparsed.add(f"{folder.name}/{entry.name}")
                 continue
             (masks if parsed.is_mask else images)[parsed.index] = Path(entry.path)
         n_images += len(images)
@@ -98,8 +102,7 @@ def run_eda(root: str | os.PathLike, out_dir: str | os.PathLike, *, samples: int
             if missing:
                 gaps[folder.name] = missing[:MAX_EXAMPLES]
         for k in sorted(set(masks) - set(images)):
-            n_masks_without_image += 1
-            _add_example(masks_without_image, masks[k].name)
+            masks_without_image.add(masks[k].name)
         patient_tumour, patient_tumour_slices, patient_slices = 0, 0, 0
         best: tuple[int, Path, Path] | None = None
         copies = {0: True, 2: True}
@@ -108,8 +111,7 @@ def run_eda(root: str | os.PathLike, out_dir: str | os.PathLike, *, samples: int
             try:
                 img = _read(img_path)
             except Exception as err:  # tifffile raises several types for damaged files
-                n_corrupt += 1
-                _add_example(corrupt, {"file": f"{folder.name}/{img_path.name}", "error": f"{type(err).__name__}: {err}"})
+                corrupt.add({"file": f"{folder.name}/{img_path.name}", "error": f"{type(err).__name__}: {err}"})
                 continue
             patient_slices += 1
             image_shapes[_shape_key(img.shape)] += 1
@@ -118,14 +120,12 @@ def run_eda(root: str | os.PathLike, out_dir: str | os.PathLike, *, samples: int
                 for c in copies:
                     copies[c] = copies[c] and np.array_equal(img[..., c], img[..., 1])
             if k not in masks:
-                n_images_without_mask += 1
-                _add_example(images_without_mask, img_path.name)
+                images_without_mask.add(img_path.name)
                 continue
             try:
                 mask = _read(masks[k])
             except Exception as err:
-                n_corrupt += 1
-                _add_example(corrupt, {"file": f"{folder.name}/{masks[k].name}", "error": f"{type(err).__name__}: {err}"})
+                corrupt.add({"file": f"{folder.name}/{masks[k].name}", "error": f"{type(err).__name__}: {err}"})
                 continue
             n_pairs += 1
             mask_shapes[_shape_key(mask.shape)] += 1
@@ -133,12 +133,10 @@ def run_eda(root: str | os.PathLike, out_dir: str | os.PathLike, *, samples: int
             values = np.unique(mask) if mask.dtype != np.uint8 else np.flatnonzero(np.bincount(mask.ravel(), minlength=256))
             mask_values.update(int(v) for v in values[:300])
             if not set(int(v) for v in values) <= {0, 255}:
-                n_nonbinary += 1
-                _add_example(nonbinary, masks[k].name)
+                nonbinary.add(masks[k].name)
             if mask.shape[:2] != img.shape[:2]:
-                n_misaligned += 1
-                _add_example(misaligned, {"file": masks[k].name, "image": list(img.shape[:2]),
-                                          "mask": list(mask.shape[:2])})
+                misaligned.add({"file": masks[k].name, "image": list(img.shape[:2]),
+                                "mask": list(mask.shape[:2])})
                 continue
             plane = mask if mask.ndim == 2 else mask[..., 0]
             pixels = int(np.count_nonzero(plane))
@@ -174,14 +172,14 @@ def run_eda(root: str | os.PathLike, out_dir: str | os.PathLike, *, samples: int
         "mask_shapes": dict(mask_shapes),
         "mask_dtypes": dict(mask_dtypes),
         "mask_values": sorted(mask_values),
-        "masks_binary_0_255": n_nonbinary == 0,
-        "nonbinary_masks": {"count": n_nonbinary, "examples": nonbinary},
-        "corrupt_files": {"count": n_corrupt, "examples": corrupt},
-        "images_without_mask": {"count": n_images_without_mask, "examples": images_without_mask},
-        "masks_without_image": {"count": n_masks_without_image, "examples": masks_without_image},
-        "size_mismatches": {"count": n_misaligned, "examples": misaligned},
-        "aligned": n_misaligned == 0 and n_images_without_mask == 0 and n_masks_without_image == 0,
-        "unparsed_files": {"count": n_unparsed, "examples": unparsed},
+        "masks_binary_0_255": nonbinary.count == 0,
+        "nonbinary_masks": nonbinary.as_dict(),
+        "corrupt_files": corrupt.as_dict(),
+        "images_without_mask": images_without_mask.as_dict(),
+        "masks_without_image": masks_without_image.as_dict(),
+        "size_mismatches": misaligned.as_dict(),
+        "aligned": misaligned.count == 0 and images_without_mask.count == 0 and masks_without_image.count == 0,
+        "unparsed_files": unparsed.as_dict(),
         "slice_number_gaps": gaps,
         "empty_masks": n_empty,
         "tumour_masks": n_tumour,
