@@ -1,7 +1,8 @@
 """Training-step benchmark: a naive fp32 NCHW step against the product's training path.
 
 NAIVE: eager fp32, NCHW model and input, whole 256x256 slices.
-PRODUCT: what ``training.train`` does: channels_last model and input, ``inference.autocast_context``
+PRODUCT: what ``training.train`` does: ``training.training_memory_format`` (NCHW for fp32 on CPU, channels_last
+with bf16 or CUDA), ``inference.autocast_context``
 (bf16 where the CPU is fast at it), whole slices; with ``--crop-size C`` also the product on C x C
 crops (the shipped config trains on 128 x 128 crops).
 All use the same loss (``metrics.make_loss("weighted_bce_dice")``), Adam, and the real in-memory
@@ -191,14 +192,15 @@ def main(argv: list[str] | None = None) -> dict:
 
     torch.manual_seed(args.seed)
     base = UNet()
+    product_cl = training.training_memory_format(device, "auto") == torch.channels_last  # the product's own choice
     variants = [
         Variant("naive", base, device, channels_last=False, precision="fp32", crop_size=None,
                 batch_size=args.batch_size, seed=args.seed),
-        Variant("product", base, device, channels_last=True, precision="auto", crop_size=None,
+        Variant("product", base, device, channels_last=product_cl, precision="auto", crop_size=None,
                 batch_size=args.batch_size, seed=args.seed),
     ]
     if args.crop_size:
-        variants.append(Variant(f"product_crop{args.crop_size}", base, device, channels_last=True, precision="auto",
+        variants.append(Variant(f"product_crop{args.crop_size}", base, device, channels_last=product_cl, precision="auto",
                                 crop_size=args.crop_size, batch_size=args.batch_size, seed=args.seed))
     for v in variants:
         print(f"  {v.name:18s} {'channels_last' if v.channels_last else 'NCHW'}, "
