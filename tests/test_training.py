@@ -16,7 +16,6 @@ import torch
 
 from conftest import TINY
 from napari_lgg_seg.config import TrainConfig
-from napari_lgg_seg.data import split_patients
 from napari_lgg_seg.model import CheckpointError, load_model, read_checkpoint
 from napari_lgg_seg.training import train
 
@@ -36,33 +35,6 @@ def run(config, roots, out, **kw) -> list[dict]:
 
 def states_equal(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-
-
-# --- split ---------------------------------------------------------------------------------------------------------
-
-def test_split_is_by_patient_seeded_and_disjoint():
-    ids = [f"P{i:02d}" for i in range(30)]
-    s1 = split_patients(ids, val_fraction=0.1, test_fraction=0.2, seed=0)
-    s2 = split_patients(list(reversed(ids)), val_fraction=0.1, test_fraction=0.2, seed=0)
-    s3 = split_patients(ids, val_fraction=0.1, test_fraction=0.2, seed=1)
-    assert s1 == s2  # order of discovery does not matter, the seed does
-    assert s1 != s3
-    assert (len(s1["train"]), len(s1["val"]), len(s1["test"])) == (21, 3, 6)
-    parts = [set(s1[k]) for k in ("train", "val", "test")]
-    assert not (parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2])
-    assert set().union(*parts) == set(ids)
-
-
-def test_split_explicit_lists_win_and_are_checked():
-    ids = ["A", "B", "C", "D", "E"]
-    s = split_patients(ids, val=["B"], test=["E"], seed=3, val_fraction=0.5)
-    assert s["val"] == ["B"] and s["test"] == ["E"] and s["train"] == ["A", "C", "D"]
-    s = split_patients(ids, train=["A", "B"], test=["E"])
-    assert s == {"train": ["A", "B"], "val": ["C", "D"], "test": ["E"]}
-    with pytest.raises(ValueError, match="not in the data"):
-        split_patients(ids, val=["Z"])
-    with pytest.raises(ValueError, match="more than one"):
-        split_patients(ids, train=["A"], val=["A"])
 
 
 def test_config_validation_messages():

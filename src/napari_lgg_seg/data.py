@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .io import LGGFormatError, Patient, load_patient, require_patient_folders
+from .io import LGGFormatError, Patient, atomic_write, load_patient, require_patient_folders
 from .transforms import volume_channel_stats
 
 
@@ -89,11 +89,14 @@ def load_patient_cached(folder: Path, cache_dir: str | os.PathLike | None = None
         except Exception:
             pass
     patient = load_patient(folder)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(".tmp.npz")
-    np.savez(tmp, images=patient.images, masks=patient.masks if patient.masks is not None else np.zeros(0),
-             has_masks=patient.masks is not None, slice_numbers=np.asarray(patient.slice_numbers))
-    os.replace(tmp, cache)
+    try:  # the cache is an optimisation: a full disk or a read-only folder must not stop training
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(cache, lambda f: np.savez(
+            f, images=patient.images, masks=patient.masks if patient.masks is not None else np.zeros(0),
+            has_masks=patient.masks is not None, slice_numbers=np.asarray(patient.slice_numbers)))
+    except OSError as err:
+        warnings.warn(f"Could not write the decoded-slice cache {cache}: {err}; continuing without it.",
+                      stacklevel=2)
     return patient
 
 
