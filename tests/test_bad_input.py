@@ -7,7 +7,10 @@ one line on stderr (no traceback).
 from __future__ import annotations
 
 import os
+import shutil
 import struct
+import subprocess
+import sys
 import threading
 import warnings
 from pathlib import Path
@@ -342,18 +345,38 @@ def test_symlink_loops_do_not_hang(tmp_path, capsys, tiny_checkpoint):
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [PID, "LINKED_02_20000101"]
 
 
-@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0,
-                    reason="root can read files whatever their mode")
+_UNREADABLE_CHECK = """
+import sys
+from napari_lgg_seg.io import LGGFormatError, load_patient
+try:
+    load_patient(sys.argv[1])
+except LGGFormatError as err:
+    print(err)
+    sys.exit(3)
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid"), reason="POSIX permissions")
 def test_unreadable_file(tmp_path):
+    """A file without read permission (chmod 000). Root reads anything, so as root the check runs without the
+    capabilities that bypass file permissions (setpriv), like an ordinary user."""
+    prefix = []
+    if os.geteuid() == 0:
+        if not shutil.which("setpriv"):
+            pytest.skip("running as root without setpriv: cannot drop the permission-bypass capabilities")
+        caps = "-dac_override,-dac_read_search"
+        prefix = ["setpriv", f"--bounding-set={caps}", f"--inh-caps={caps}"]
     folder = write_patient(tmp_path / PID)
     victim = folder / f"{PID}_2.tif"
     victim.chmod(0)
     try:
-        with pytest.raises(LGGFormatError, match="permission denied") as info:
-            load_patient(folder)
-        assert f"{PID}_2.tif" in str(info.value)
+        result = subprocess.run([*prefix, sys.executable, "-c", _UNREADABLE_CHECK, str(folder)],
+                                capture_output=True, text=True, timeout=120)
     finally:
         victim.chmod(0o644)
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert "permission denied" in result.stdout and f"{PID}_2.tif" in result.stdout
+    assert "Traceback" not in result.stdout + result.stderr
 
 
 def test_permission_error_message(tmp_path, monkeypatch):
