@@ -332,15 +332,39 @@ def reader_cases(ctx: Context) -> list[Row]:
     return rows
 
 
+_READ_AS_USER = """
+import sys, warnings
+from napari_lgg_seg.io import LGGFormatError, load_patient
+warnings.simplefilter("ignore")
+try:
+    p = load_patient(sys.argv[1])
+    print(f"opens: {p.images.shape[0]} slices")
+except LGGFormatError as err:
+    print(f"error: {err}")
+"""
+
+
 def unreadable_case(ctx: Context, build: Callable[[Path], None]) -> Row:
+    """chmod 000 on a slice. Root reads anything, so as root the reader runs in a child process without the
+    capabilities that bypass file permissions (``setpriv``), as an ordinary user would."""
     label = "unreadable file (chmod 000 on a slice)"
-    if hasattr(os, "geteuid") and os.geteuid() == 0:
-        folder = ctx.folder("unreadable") / PID
-        build(folder)
-        seen, _, _ = run_reader(ctx, folder)
-        return Row(label, "reader", f"not testable as root (root reads chmod-000 files; here: {seen})",
-                   "n/a (see tests/test_bad_input.py::test_permission_error_message)")
-    return reader_case(ctx, label, lambda f: build(f), "unreadable")
+    if not (hasattr(os, "geteuid") and os.geteuid() == 0):
+        return reader_case(ctx, label, lambda f: build(f), "unreadable")
+    if not shutil.which("setpriv"):
+        return Row(label, "reader", "not testable: running as root without setpriv", "n/a")
+    import subprocess
+
+    folder = ctx.folder("unreadable") / PID
+    build(folder)
+    before = snapshot(folder)
+    caps = "-dac_override,-dac_read_search"
+    result = subprocess.run(["setpriv", f"--bounding-set={caps}", f"--inh-caps={caps}", sys.executable, "-c",
+                             _READ_AS_USER, str(folder)], capture_output=True, text=True, timeout=120)
+    seen = ctx.clean(result.stdout.strip() or result.stderr.strip())
+    problem = "traceback" if "Traceback" in result.stderr else ("" if seen.startswith("error:") else "opened")
+    safe, changed = unchanged(before, folder, "folder")
+    return Row(label, "reader (run as root without the read-override capabilities)", msg(seen), safe,
+               problem or changed)
 
 
 def symlink_loop_root(ctx: Context) -> Row:
@@ -581,6 +605,71 @@ def seen_cell(text: str) -> str:
     return "".join(cell(part, code=i % 2 == 1) for i, part in enumerate(parts) if part).strip()
 
 
+class _DiskFullFile:
+    """A file whose writes store half of what they are given, then fail as a full disk does."""
+
+    def __init__(self, f) -> None:
+        self._f = f
+
+    def write(self, data):
+        import errno
+
+        self._f.write(data[: len(data) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def __getattr__(self, name):
+        return getattr(self._f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._f.close()
+
+
+def training_full_disk_case(ctx: Context) -> Row:
+    """``napari-lgg-seg train --resume`` when the disk fills up while epoch 2's checkpoints are saved."""
+    from napari_lgg_seg.config import TrainConfig
+    from napari_lgg_seg.sample import write_phantom_dataset
+    from napari_lgg_seg.training import train
+
+    label = "disk full while training saves a checkpoint (every write fails half-way with ENOSPC)"
+    base = ctx.folder("full_disk")
+    data = base / "data"
+    write_phantom_dataset(data, n_patients=3, n_slices=6, size=64, seed=0)
+    config = TrainConfig(model_features=TINY["features"], model_bottleneck=TINY["bottleneck"], image_size=64,
+                         crop_size=None, batch_size=2, epochs=1, steps_per_epoch=2, val_fraction=0.34,
+                         num_threads=1, precision="fp32", scheduler="plateau", seed=0)
+    run = base / "run"
+    for _ in train(config, [str(data)], run):  # epoch 1 saves normally
+        pass
+    before = snapshot(run)
+    real_fdopen = os.fdopen
+    os.fdopen = lambda fd, *a, **k: _DiskFullFile(real_fdopen(fd, *a, **k))
+    try:
+        code, out, err = run_cli(ctx, "train", "--data", data, "--out", run, "--resume", "--epochs", "2")
+    finally:
+        os.fdopen = real_fdopen
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    seen = f"exit {code}: {msg(ctx.clean(lines[-1]) if lines else '(nothing on stderr)')}"
+    if "Traceback" in err:
+        problem = "traceback"
+    elif code != 2 or "No space left" not in err:
+        problem = f"exit code {code}, expected 2 and the disk-full reason"
+    else:
+        problem = ""
+    after = snapshot(run)
+    kept = {k: v for k, v in before.items() if k.endswith(".pt")}
+    torn = [k for k in after if k.endswith(".tmp")]
+    if any(after.get(k) != v for k, v in kept.items()) or torn:
+        return Row(label, "CLI train", seen, f"no (checkpoints changed or temporary files left: {torn})",
+                   problem or "data changed")
+    code, _, err = run_cli(ctx, "train", "--data", data, "--out", run, "--resume", "--epochs", "2")
+    resumed = "resumes to epoch 2 afterwards" if code == 0 else f"resume failed: {msg(ctx.clean(err))}"
+    return Row(label, "CLI train", seen, f"yes (best.pt and last.pt of epoch 1 byte-identical, no temporary "
+               f"files; {resumed})", problem or ("" if code == 0 else "resume failed"))
+
+
 def main() -> int:
     import torch
 
@@ -594,6 +683,7 @@ def main() -> int:
             rows += cli_cases(ctx)
             rows += checkpoint_cases(ctx)
             rows.append(export_case(ctx))
+            rows.append(training_full_disk_case(ctx))
         finally:
             for dirpath, _, filenames in os.walk(tmp):  # let the clean-up remove chmod-000 files
                 for name in filenames:
@@ -603,7 +693,8 @@ def main() -> int:
     print("# Bad input: what the user sees\n")
     print("Generated by `docs/bad_input_table.py` from synthetic phantoms in a temporary folder (no real data), through "
           "the product's own code paths: `io.load_patient` and the napari reader, `napari-lgg-seg segment` "
-          "(`cli.main`, stderr captured), `model.load_model` and `export.export_corrected_patient`. "
+          "(`cli.main`, stderr captured), `model.load_model`, `export.export_corrected_patient` and "
+          "`napari-lgg-seg train --resume` (a full disk simulated by file writes that fail half-way with ENOSPC). "
           "Regenerate with\n")
     print("```\n.venv/bin/python docs/bad_input_table.py > docs/bad_input.md\n```\n")
     print("Messages are shortened to about 160 characters and temporary paths are replaced by their base name. "
