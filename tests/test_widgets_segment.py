@@ -252,6 +252,30 @@ class GatedModel:
         self.module = Gate(net)
 
 
+def test_mask_is_made_in_the_worker_and_follows_controls_changed_meanwhile(widget, qtbot, tiny_checkpoint):
+    """Post-processing runs in the worker with the settings at the click; if the user changes the controls
+    while it runs, the added mask follows the controls as they are when the result arrives."""
+    from napari_lgg_seg.inference import postprocess
+
+    add_patient(widget.viewer)
+    assert widget.add_checkpoint(tiny_checkpoint)
+    gate = GatedModel(widget.loaded_model.model).module
+    widget.loaded_model.model = gate
+    widget.batch_size = 64
+    worker = widget.segment()
+    qtbot.waitUntil(gate.entered.is_set, timeout=WAIT_MS)
+    results = []
+    worker.returned.connect(results.append)
+    widget.set_threshold(0.9)  # changed while the worker runs
+    gate.release.set()
+    qtbot.waitUntil(lambda: not widget.running, timeout=WAIT_MS)
+    probs, worker_mask = results[0]
+    np.testing.assert_array_equal(worker_mask, probs >= 0.5)  # the worker used the settings at the click
+    labels = widget.viewer.layers[f"{PID} tumour"]
+    np.testing.assert_array_equal(labels.data, postprocess(probs, widget.settings()))
+    assert widget.settings().threshold == pytest.approx(0.9)
+
+
 def test_stop_during_the_first_batch_adds_nothing(widget, qtbot, tiny_checkpoint):
     add_patient(widget.viewer, n_slices=12)
     assert widget.add_checkpoint(tiny_checkpoint)

@@ -59,9 +59,12 @@ AUTOSAVE_INTERVAL_MS = 30_000
 MODEL_INPUT_SIZE = 256
 
 
-def _segment_job(model, images: np.ndarray, device: str, tta: bool, batch_size: int):
-    """Worker generator: yields ``(done, total)`` between batches and returns (Z, H, W) probabilities."""
-    from ..inference import iter_predict_volume, resize_for_model, resize_probabilities
+def _segment_job(model, images: np.ndarray, device: str, tta: bool, batch_size: int, settings=None):
+    """Worker generator: yields ``(done, total)`` between batches and returns ``(probabilities, mask)``,
+    both (Z, H, W); the mask is post-processed with ``settings`` here, off the GUI thread."""
+    from ..inference import iter_predict_volume, postprocess, resize_for_model, resize_probabilities
+
+    _import_layer_modules()
 
     h, w = images.shape[1:3]
     work = images
@@ -72,7 +75,17 @@ def _segment_job(model, images: np.ndarray, device: str, tta: bool, batch_size: 
         if p is not None:
             probs = p
         yield done, total
-    return resize_probabilities(probs, (h, w))
+    probs = resize_probabilities(probs, (h, w))
+    return probs, postprocess(probs, settings)
+
+
+def _import_layer_modules() -> None:
+    """Import what adding the result layers needs, in the worker: the first Labels layer of a session
+    otherwise spends ~0.1 s importing modules on the GUI thread."""
+    import napari._vispy.layers.image  # noqa: F401
+    import napari._vispy.layers.labels  # noqa: F401
+    import napari.layers.labels  # noqa: F401
+    import scipy.ndimage  # noqa: F401
 
 
 
@@ -517,10 +530,11 @@ class SegmentWidget(QWidget):
             return None
         from napari.qt.threading import create_worker
 
+        settings = self.settings()
         self._job = {"patient": patient, "model": self._loaded, "model_label": self.model_combo.currentText(),
-                     "shape": np.shape(patient.reference.data)}
+                     "shape": np.shape(patient.reference.data), "settings": settings}
         worker = create_worker(_segment_job, self._loaded.model, images, self.device_combo.currentText() or "auto",
-                               self.tta_check.isChecked(), int(self.batch_size), _start_thread=False,
+                               self.tta_check.isChecked(), int(self.batch_size), settings, _start_thread=False,
                                _ignore_errors=True)
         worker.yielded.connect(self._on_progress)
         worker.returned.connect(self._on_result)
@@ -559,10 +573,11 @@ class SegmentWidget(QWidget):
         self._job = None
         self._update_buttons()
 
-    def _on_result(self, probs) -> None:
+    def _on_result(self, result) -> None:
         job = self._job
-        if job is None or probs is None:
+        if job is None or result is None:
             return
+        probs, mask = result
         patient: PatientLayers = job["patient"]
         if not patient.alive(self.viewer):
             self.status_label.setText(f"The layers of {patient.patient_id} were closed while segmenting; "
@@ -571,17 +586,22 @@ class SegmentWidget(QWidget):
         shape = job["shape"]
         probs = np.asarray(probs, np.float32)
         if len(shape) == 2:
-            probs = probs[0]
+            probs, mask = probs[0], mask[0]
         if probs.shape != tuple(shape):
             self.status_label.setText(f"The result {probs.shape} does not fit the image {tuple(shape)}; discarded.")
             return
-        self._add_result(patient, probs, job["model"], job["model_label"])
+        if self.settings() != job["settings"]:  # the controls changed while the worker ran
+            mask = None
+        self._add_result(patient, probs, job["model"], job["model_label"], mask)
 
-    def _add_result(self, patient: PatientLayers, probs: np.ndarray, loaded, model_label: str):
+    def _add_result(self, patient: PatientLayers, probs: np.ndarray, loaded, model_label: str,
+                    mask: np.ndarray | None = None):
+        """Add (or update) the probability and Labels layers; ``mask`` is computed here when not given."""
         from ..inference import postprocess
 
         settings = self.settings()
-        mask = postprocess(probs if probs.ndim == 3 else probs[None], settings).reshape(probs.shape)
+        if mask is None:
+            mask = postprocess(probs if probs.ndim == 3 else probs[None], settings).reshape(probs.shape)
         pid = patient.patient_id
         ref = patient.reference
         rid = uuid.uuid4().hex
