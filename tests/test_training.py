@@ -269,3 +269,4 @@ def test_truncated_checkpoint_is_refused_with_a_message(tmp_path, tiny_checkpoin
     broken.write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match="truncated"):
         read_checkpoint(broken)
+

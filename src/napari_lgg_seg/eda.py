@@ -202,10 +202,8 @@ def run_eda(root: str | os.PathLike, out_dir: str | os.PathLike, *, samples: int
 
 def _sample_grid(path: Path, candidates: list[tuple[int, str, Path, Path]], n: int) -> bool:
     """FLAIR with the mask outline of the largest-tumour slice of ``n`` patients spread over the list."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     if not candidates or n < 1:
         return False
@@ -213,7 +211,9 @@ def _sample_grid(path: Path, candidates: list[tuple[int, str, Path, Path]], n: i
                                                 .astype(int))]
     cols = min(4, len(picks))
     rows = -(-len(picks) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3.5 * rows), squeeze=False)
+    fig = Figure(figsize=(3 * cols, 3.5 * rows))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.ravel():
         ax.set_axis_off()
     for ax, (pixels, pid, img_path, mask_path) in zip(axes.ravel(), picks):
@@ -227,6 +227,5 @@ def _sample_grid(path: Path, candidates: list[tuple[int, str, Path, Path]], n: i
     fig.tight_layout(rect=(0, 0, 1, 0.95), h_pad=1.5)
     tmp = path.with_name(path.name + ".tmp.png")
     fig.savefig(tmp, dpi=80)
-    plt.close(fig)
     os.replace(tmp, path)
     return True

@@ -26,6 +26,7 @@ from .data import SliceStore, index_patients, sample_crop_origins, split_patient
 from .inference import autocast_context, resolve_device
 from .metrics import make_loss, score_patient, summarize
 from .model import ModelConfig, UNet, atomic_torch_save, checkpoint_dict, load_model, read_checkpoint
+from .plots import save_curve_pngs, save_prediction_grid
 from .transforms import augment_batch, normalize, pad_to_multiple, to_tensor_batch
 
 BEST = "best.pt"
@@ -178,60 +179,6 @@ def evaluate_store(model: torch.nn.Module, store: SliceStore, device: torch.devi
     if losses:
         summary["loss"] = sum(v * n for v, n in losses) / sum(n for _, n in losses)
     return {"summary": summary, "patients": scores, "probabilities": probabilities}
-
-
-def _save_plots(out: Path, history: list[dict]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = [h["epoch"] for h in history]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(epochs, [h["train_loss"] for h in history], label="train loss")
-    ax.plot(epochs, [h.get("val_loss", float("nan")) for h in history], label="val loss")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("loss")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "loss_curves.png", dpi=100)
-    plt.close(fig)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for key, label in (("val_slice_dice", "val Dice (slices)"), ("val_slice_iou", "val IoU (slices)"),
-                       ("val_patient_dice_mean", "val Dice (per patient)")):
-        ax.plot(epochs, [h.get(key, float("nan")) for h in history], label=label)
-    ax.set_xlabel("epoch")
-    ax.set_ylim(0, 1)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "val_metrics.png", dpi=100)
-    plt.close(fig)
-
-
-def save_prediction_grid(path: Path, images: np.ndarray, truth: np.ndarray, probs: np.ndarray,
-                         threshold: float = 0.5, rows: int = 6, title: str = "") -> None:
-    """PNG of (FLAIR, truth, prediction) rows for the slices with the most tumour."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    area = truth.reshape(len(truth), -1).sum(1) + (probs >= threshold).reshape(len(probs), -1).sum(1)
-    chosen = np.argsort(-area)[:rows]
-    chosen = chosen[np.argsort(chosen)]
-    fig, axes = plt.subplots(len(chosen), 3, figsize=(6, 2 * len(chosen)), squeeze=False)
-    for r, i in enumerate(chosen):
-        for c, (img, name) in enumerate(((images[i, :, :, 1], "FLAIR"), (truth[i], "truth"),
-                                         (probs[i] >= threshold, "prediction"))):
-            axes[r, c].imshow(img, cmap="gray")
-            axes[r, c].set_axis_off()
-            if r == 0:
-                axes[r, c].set_title(name)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
 
 
 def _rng_state(rng: np.random.Generator, gen: torch.Generator) -> dict:
@@ -447,7 +394,7 @@ def train(
             }
             atomic_torch_save(ckpt, last_path)
             _write_metrics_csv(out / "metrics.csv", history)
-            _save_plots(out, history)
+            save_curve_pngs(out, history)
         ctx.barrier()
         yield {"kind": "epoch", **record, "best": best, "improved": metric >= best}
         if stopped:

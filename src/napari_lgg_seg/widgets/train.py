@@ -43,8 +43,8 @@ DEFAULT = "default"
 CURRENT = "current"
 BROWSE = "browse"
 LOSSES = ("weighted_bce_dice", "bce_dice")
-PLOT_KEYS = (("train_loss", "train loss", 0), ("val_loss", "val loss", 0), ("val_slice_dice", "val Dice (slices)", 1),
-             ("val_slice_iou", "val IoU (slices)", 1), ("val_patient_dice_mean", "val Dice (per patient)", 1))
+PLOT_HEIGHT = 200
+PLOT_PLACEHOLDER = "Loss and validation curves appear here after each epoch."
 
 
 def default_output_folder() -> Path:
@@ -237,17 +237,15 @@ class TrainWidget(QWidget):
         self.status_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         layout.addWidget(self.status_label)
 
-        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
-        from matplotlib.figure import Figure
-
-        self.figure = Figure(figsize=(4, 2.6), tight_layout=True)
-        self.loss_ax = self.figure.add_subplot(1, 2, 1)
-        self.metric_ax = self.figure.add_subplot(1, 2, 2)
-        self.canvas = FigureCanvasQTAgg(self.figure)
-        self.canvas.setMinimumHeight(180)
-        layout.addWidget(self.canvas)
-        self.plot_draws = 0
-        self._draw_plot()
+        # the curves are rendered to an image in a worker thread (matplotlib Agg takes 50-300 ms per draw)
+        self.plot_label = QLabel(PLOT_PLACEHOLDER)
+        self.plot_label.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.plot_label.setMinimumHeight(PLOT_HEIGHT)
+        self.plot_label.setWordWrap(True)
+        layout.addWidget(self.plot_label)
+        self.plot_draws = 0  # plots shown
+        self._plot_worker = None
+        self._plot_pending = False
         self._settings_widgets = [self.add_button, self.remove_button, self.start_combo, self.epochs_spin,
                                   self.steps_spin, self.batch_spin, self.lr_spin, self.loss_combo,
                                   self.pos_weight_spin, self.val_spin, self.crop_check, self.device_combo,
@@ -650,26 +648,39 @@ class TrainWidget(QWidget):
     # ------------------------------------------------------------------------------------- plot
 
     def _draw_plot(self) -> None:
-        """Redraw the loss and validation curves from ``self.history`` (called once per epoch)."""
-        for ax in (self.loss_ax, self.metric_ax):
-            ax.clear()
-        epochs = [h.get("epoch") for h in self.history]
-        axes = (self.loss_ax, self.metric_ax)
-        for key, label, which in PLOT_KEYS:
-            values = [h.get(key) for h in self.history]
-            if any(isinstance(v, float) for v in values):
-                axes[which].plot(epochs, [v if isinstance(v, float) else float("nan") for v in values],
-                                 marker="o", markersize=3, label=label)
-        self.loss_ax.set_title("loss", fontsize=8)
-        self.metric_ax.set_title("validation", fontsize=8)
-        self.metric_ax.set_ylim(0, 1)
-        from matplotlib.ticker import MaxNLocator
+        """Render the loss and validation curves of ``self.history`` in a worker thread, then show them."""
+        if not self.history:
+            self.plot_label.clear()
+            self.plot_label.setText(PLOT_PLACEHOLDER)
+            return
+        if self._plot_worker is not None:  # one render at a time; the newest history follows it
+            self._plot_pending = True
+            return
+        from napari.qt.threading import create_worker
 
-        for ax in axes:
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-            ax.set_xlabel("epoch", fontsize=7)
-            ax.tick_params(labelsize=7)
-            if ax.get_legend_handles_labels()[0]:
-                ax.legend(fontsize=6)
-        self.canvas.draw_idle()
+        from ..plots import render_curves
+
+        ratio = self.devicePixelRatioF()
+        width = max(self.plot_label.width(), 360)
+        worker = create_worker(render_curves, [dict(h) for h in self.history], int(width * ratio),
+                               int(PLOT_HEIGHT * ratio), 100.0 * ratio, _start_thread=False)
+        worker.returned.connect(self._show_plot)
+        worker.finished.connect(self._on_plot_finished)
+        self._plot_worker = worker
+        worker.start()
+
+    def _show_plot(self, rgba) -> None:
+        from qtpy.QtGui import QImage, QPixmap
+
+        h, w = rgba.shape[:2]
+        image = QImage(rgba.data, w, h, rgba.strides[0], QImage.Format.Format_RGBA8888).copy()
+        pixmap = QPixmap.fromImage(image)
+        pixmap.setDevicePixelRatio(self.devicePixelRatioF())
+        self.plot_label.setPixmap(pixmap)
         self.plot_draws += 1
+
+    def _on_plot_finished(self) -> None:
+        self._plot_worker = None
+        if self._plot_pending:
+            self._plot_pending = False
+            self._draw_plot()
