@@ -21,9 +21,26 @@ from napari_lgg_seg.evaluation import (
     load_labelled_patients,
     predict_patients,
 )
-from napari_lgg_seg.model import DEFAULT_MODEL_PATH, load_model, save_checkpoint
+from napari_lgg_seg.model import DEFAULT_MODEL_PATH, load_model, read_checkpoint, save_checkpoint
 
 MAX_FP_RATE = 0.05
+
+
+def training_stages(checkpoint: Path, meta: dict) -> list[dict]:
+    """The runs that made this checkpoint, oldest first: follows ``init_weights`` (fine-tuning) back through
+    the start checkpoints' cards, as far as those files exist."""
+    stages, seen = [], set()
+    while True:
+        stages.append({"checkpoint": str(checkpoint), "epochs": meta.get("epochs_done"),
+                       "steps": meta.get("steps_done"), "wall_seconds": meta.get("wall_seconds"),
+                       "commit": meta.get("commit"), "init_weights": meta.get("init_weights")})
+        start = meta.get("init_weights")
+        if not start or start in seen or not Path(start).is_file():
+            break
+        seen.add(start)
+        checkpoint = Path(start)
+        meta = read_checkpoint(checkpoint).get("meta", {})
+    return stages[::-1]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,7 +81,11 @@ def main(argv: list[str] | None = None) -> int:
     log(f"test: {json.dumps(test['summary'])}")
 
     meta = dict(loaded.meta)
+    stages = training_stages((run / args.checkpoint).resolve(), loaded.meta)
     meta.update({
+        "training_stages": stages,
+        "total_wall_seconds": sum(st["wall_seconds"] or 0.0 for st in stages),
+        "total_steps": sum(st["steps"] or 0 for st in stages),
         "name": "lgg_unet_default",
         "inference": settings,
         "validation": {"chosen": best, "raw": raw, "grid_rows": len(table)},
