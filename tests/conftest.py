@@ -30,14 +30,15 @@ def phantom_patient(phantom_root) -> Path:
     return sorted(p for p in phantom_root.iterdir() if p.is_dir())[0]
 
 
-def make_tiny_checkpoint(path: Path, seed: int = 0, meta: dict | None = None) -> Path:
-    """A random-weight U-Net with very few channels, saved in the project's checkpoint format."""
+def make_tiny_checkpoint(path: Path, seed: int = 0, meta: dict | None = None, image_size: int | None = 64) -> Path:
+    """A random-weight U-Net with very few channels, saved in the project's checkpoint format; its card says
+    it was trained on ``image_size`` px slices (the phantoms' 64; None: a card without a training size)."""
     import torch
 
     from napari_lgg_seg.model import ModelConfig, UNet, save_checkpoint
 
     torch.manual_seed(seed)
-    save_checkpoint(path, UNet(ModelConfig.from_dict(TINY)), config={"note": "tiny test model"}, meta=meta or {})
+    save_checkpoint(path, UNet(ModelConfig.from_dict(TINY)), config={"note": "tiny test model", **({"image_size": image_size} if image_size else {})}, meta=meta or {})
     return path
 
 

@@ -23,20 +23,9 @@ from napari_lgg_seg.io import LGGFormatError, load_patient
 from napari_lgg_seg.model import CheckpointError, load_model
 
 
-def tiny_checkpoint_64(path, seed: int = 0):
-    """A tiny random model whose card says it was trained on 64x64 slices (phantoms are not resized)."""
-    import torch
-
-    make_tiny_checkpoint(path, seed=seed)
-    raw = torch.load(path, weights_only=True)
-    raw["config"] = {"image_size": 64}
-    torch.save(raw, path)
-    return path
-
-
 @pytest.fixture
 def tiny64(tmp_path):
-    return tiny_checkpoint_64(tmp_path / "tiny64.pt")
+    return make_tiny_checkpoint(tmp_path / "tiny64.pt")
 
 
 def test_evaluate_folders_writes_csv_and_json(phantom_root, tiny64, tmp_path):
@@ -57,7 +46,7 @@ def test_evaluate_folders_writes_csv_and_json(phantom_root, tiny64, tmp_path):
 
 def test_evaluate_uses_card_defaults_unless_overridden(phantom_root, tmp_path):
     ckpt = make_tiny_checkpoint(tmp_path / "card.pt", meta={"inference": {"threshold": 1.01, "tta": True,
-                                                                         "min_lesion_voxels": 7}})
+                                                                         "min_lesion_voxels": 7}}, image_size=None)
     result = evaluate_folders([phantom_root], ckpt, device="cpu", patients=["PHANTOM_01_20000101"])
     s = result["settings"]
     assert s["tta"] is True and s["postprocessing"]["threshold"] == 1.01 and s["postprocessing"]["min_lesion_voxels"] == 7
@@ -79,7 +68,7 @@ def test_evaluate_matches_the_inference_pipeline(phantom_root, tmp_path):
     from napari_lgg_seg.inference import PostProcessing, postprocess, predict_volume
     from napari_lgg_seg.metrics import score_patient
 
-    ckpt = tiny_checkpoint_64(tmp_path / "m.pt", seed=3)
+    ckpt = make_tiny_checkpoint(tmp_path / "m.pt", seed=3)
     pid = "PHANTOM_02_20000101"
     result = evaluate_folders([phantom_root], ckpt, device="cpu", patients=[pid], postprocessing={"threshold": 0.45})
     assert result["settings"]["image_size"] == 64

@@ -16,13 +16,12 @@ from napari_lgg_seg.inference import (
     available_devices,
     cpu_has_fast_bf16,
     head_bounding_box,
+    iter_predict_any_size,
     iter_predict_volume,
     model_input_size,
     postprocess,
     predict_any_size,
     predict_volume,
-    resize_for_model,
-    resize_probabilities,
     resolve_device,
 )
 from napari_lgg_seg.model import ModelConfig, UNet
@@ -173,16 +172,12 @@ def test_predict_any_size_equals_predict_volume_near_training_size(tiny_model, v
                                predict_volume(tiny_model, images, device="cpu"), atol=1e-6)
 
 
-def test_resize_helpers_round_trip():
-    images = np.random.default_rng(0).integers(0, 255, (2, 40, 50, 3), dtype=np.uint8)
-    resized, original = resize_for_model(images, 64)
-    assert resized.shape == (2, 64, 64, 3) and resized.dtype == np.uint8 and original == (40, 50)
-    same, _ = resize_for_model(np.zeros((1, 64, 64, 3), np.uint8), 64)
-    assert same.shape == (1, 64, 64, 3)
-    probs = np.random.default_rng(1).random((2, 64, 64)).astype(np.float32)
-    back = resize_probabilities(probs, (40, 50))
-    assert back.shape == (2, 40, 50)
-    assert resize_probabilities(probs, (64, 64)) is probs
+def test_iter_predict_any_size_reports_progress_and_returns_original_size(tiny_model):
+    images = np.random.default_rng(0).integers(0, 255, (3, 400, 120, 3), dtype=np.uint8)
+    steps = list(iter_predict_any_size(tiny_model, images, size=64, device="cpu", batch_size=2))
+    assert [s[2] is None for s in steps] == [True] * (len(steps) - 1) + [False]
+    assert steps[-1][:2] == (3, 3) and steps[-1][2].shape == (3, 400, 120)
+    np.testing.assert_allclose(steps[-1][2], predict_any_size(tiny_model, images, size=64, device="cpu", batch_size=2))
 
 
 def test_head_bounding_box_multiple_of_16(volume):

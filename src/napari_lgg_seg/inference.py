@@ -200,16 +200,11 @@ def iter_predict_volume(
     yield z, z, probs
 
 
-def predict_volume(
-    model: torch.nn.Module,
-    images: np.ndarray,
-    *,
-    progress: Callable[[int, int], None] | None = None,
-    **kwargs,
-) -> np.ndarray:
-    """(Z, H, W, 3) uint8 volume -> (Z, H, W) float32 tumour probability (see ``iter_predict_volume``)."""
+def _final_probabilities(steps: Iterator[tuple[int, int, np.ndarray | None]],
+                         progress: Callable[[int, int], None] | None) -> np.ndarray:
+    """Run a prediction generator to its end, reporting progress; returns its probabilities."""
     result = None
-    for done, total, probs in iter_predict_volume(model, images, **kwargs):
+    for done, total, probs in steps:
         if progress is not None:
             progress(done, total)
         if probs is not None:
@@ -218,23 +213,15 @@ def predict_volume(
     return result
 
 
-def resize_for_model(images: np.ndarray, size: int = 256) -> tuple[np.ndarray, tuple[int, int]]:
-    """Resize (Z, H, W, 3) slices whose size is far from the training size; returns original (H, W)."""
-    z, h, w, c = images.shape
-    if h == size and w == size:
-        return images, (h, w)
-    t = torch.from_numpy(images).permute(0, 3, 1, 2).float()
-    t = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False)
-    out = t.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
-    return np.ascontiguousarray(out), (h, w)
-
-
-def resize_probabilities(probs: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Resize (Z, h, w) probabilities back to (Z, H, W)."""
-    if probs.shape[1:] == tuple(shape):
-        return probs
-    t = torch.from_numpy(probs)[:, None]
-    return F.interpolate(t, size=shape, mode="bilinear", align_corners=False)[:, 0].numpy()
+def predict_volume(
+    model: torch.nn.Module,
+    images: np.ndarray,
+    *,
+    progress: Callable[[int, int], None] | None = None,
+    **kwargs,
+) -> np.ndarray:
+    """(Z, H, W, 3) uint8 volume -> (Z, H, W) float32 tumour probability (see ``iter_predict_volume``)."""
+    return _final_probabilities(iter_predict_volume(model, images, **kwargs), progress)
 
 
 MODEL_SIZE = 256  # slice size of the training data
@@ -259,15 +246,14 @@ def _resize_stack(t: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(t, size=tuple(shape), mode="bilinear", align_corners=False, antialias=shrink)
 
 
-def predict_any_size(
+def iter_predict_any_size(
     model: torch.nn.Module,
     images: np.ndarray,
     *,
     size: int = MODEL_SIZE,
-    progress: Callable[[int, int], None] | None = None,
     **kwargs,
-) -> np.ndarray:
-    """Like ``predict_volume`` for slices of any size: slices far from the training size are resized
+) -> Iterator[tuple[int, int, np.ndarray | None]]:
+    """``iter_predict_volume`` for slices of any size: slices far from the training size ``size`` are resized
     for the network (``model_input_size``) and the probabilities come back at the original (H, W)."""
     images = np.asarray(images)
     if images.ndim != 4 or images.shape[-1] != 3:
@@ -275,9 +261,23 @@ def predict_any_size(
     z, h, w, _ = images.shape
     shape = model_input_size(h, w, size)
     if shape == (h, w):
-        return predict_volume(model, images, progress=progress, **kwargs)
+        yield from iter_predict_volume(model, images, **kwargs)
+        return
     t = _resize_stack(torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float(), shape)
     resized = np.ascontiguousarray(t.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy())
-    probs = predict_volume(model, resized, progress=progress, **kwargs)
-    back = _resize_stack(torch.from_numpy(probs)[:, None], (h, w))[:, 0]
-    return back.clamp(0, 1).numpy().astype(np.float32, copy=False)
+    for done, total, probs in iter_predict_volume(model, resized, **kwargs):
+        if probs is not None:
+            back = _resize_stack(torch.from_numpy(probs)[:, None], (h, w))[:, 0]
+            probs = back.clamp(0, 1).numpy().astype(np.float32, copy=False)
+        yield done, total, probs
+
+
+def predict_any_size(
+    model: torch.nn.Module,
+    images: np.ndarray,
+    *,
+    progress: Callable[[int, int], None] | None = None,
+    **kwargs,
+) -> np.ndarray:
+    """(Z, H, W, 3) uint8 of any slice size -> (Z, H, W) probabilities (see ``iter_predict_any_size``)."""
+    return _final_probabilities(iter_predict_any_size(model, images, **kwargs), progress)

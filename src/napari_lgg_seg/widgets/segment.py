@@ -56,26 +56,22 @@ OPEN_PATIENT_TEXT = ("Open a patient first: File > Open (an LGG patient folder) 
                      "File > Open Sample > Synthetic LGG phantom patient.")
 DEFAULT_MODEL_LABEL = "Default model"
 AUTOSAVE_INTERVAL_MS = 30_000
-MODEL_INPUT_SIZE = 256
 
 
-def _segment_job(model, images: np.ndarray, device: str, tta: bool, batch_size: int, settings=None):
+def _segment_job(model, images: np.ndarray, device: str, tta: bool, batch_size: int, settings=None,
+                 size: int = 256):
     """Worker generator: yields ``(done, total)`` between batches and returns ``(probabilities, mask)``,
-    both (Z, H, W); the mask is post-processed with ``settings`` here, off the GUI thread."""
-    from ..inference import iter_predict_volume, postprocess, resize_for_model, resize_probabilities
+    both (Z, H, W); slices far from the model's training ``size`` are resized for it and back (the same rule
+    as the CLI), and the mask is post-processed with ``settings`` here, off the GUI thread."""
+    from ..inference import iter_predict_any_size, postprocess
 
     _import_layer_modules()
-
-    h, w = images.shape[1:3]
-    work = images
-    if not (MODEL_INPUT_SIZE // 2 <= h <= 2 * MODEL_INPUT_SIZE and MODEL_INPUT_SIZE // 2 <= w <= 2 * MODEL_INPUT_SIZE):
-        work, _ = resize_for_model(images, MODEL_INPUT_SIZE)
     probs = None
-    for done, total, p in iter_predict_volume(model, work, device=device, batch_size=batch_size, tta=tta):
+    for done, total, p in iter_predict_any_size(model, images, size=size, device=device, batch_size=batch_size,
+                                                tta=tta):
         if p is not None:
             probs = p
         yield done, total
-    probs = resize_probabilities(probs, (h, w))
     return probs, postprocess(probs, settings)
 
 
@@ -534,7 +530,8 @@ class SegmentWidget(QWidget):
         self._job = {"patient": patient, "model": self._loaded, "model_label": self.model_combo.currentText(),
                      "shape": np.shape(patient.reference.data), "settings": settings}
         worker = create_worker(_segment_job, self._loaded.model, images, self.device_combo.currentText() or "auto",
-                               self.tta_check.isChecked(), int(self.batch_size), settings, _start_thread=False,
+                               self.tta_check.isChecked(), int(self.batch_size), settings,
+                               int((self._loaded.config or {}).get("image_size") or 256), _start_thread=False,
                                _ignore_errors=True)
         worker.yielded.connect(self._on_progress)
         worker.returned.connect(self._on_result)
