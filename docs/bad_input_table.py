@@ -605,30 +605,9 @@ def seen_cell(text: str) -> str:
     return "".join(cell(part, code=i % 2 == 1) for i, part in enumerate(parts) if part).strip()
 
 
-class _DiskFullFile:
-    """A file whose writes store half of what they are given, then fail as a full disk does."""
-
-    def __init__(self, f) -> None:
-        self._f = f
-
-    def write(self, data):
-        import errno
-
-        self._f.write(data[: len(data) // 2])
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    def __getattr__(self, name):
-        return getattr(self._f, name)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._f.close()
-
-
 def training_full_disk_case(ctx: Context) -> Row:
     """``napari-lgg-seg train --resume`` when the disk fills up while epoch 2's checkpoints are saved."""
+    from napari_lgg_seg._testing import disk_full_on_atomic_writes
     from napari_lgg_seg.config import TrainConfig
     from napari_lgg_seg.sample import write_phantom_dataset
     from napari_lgg_seg.training import train
@@ -644,12 +623,8 @@ def training_full_disk_case(ctx: Context) -> Row:
     for _ in train(config, [str(data)], run):  # epoch 1 saves normally
         pass
     before = snapshot(run)
-    real_fdopen = os.fdopen
-    os.fdopen = lambda fd, *a, **k: _DiskFullFile(real_fdopen(fd, *a, **k))
-    try:
+    with disk_full_on_atomic_writes():
         code, out, err = run_cli(ctx, "train", "--data", data, "--out", run, "--resume", "--epochs", "2")
-    finally:
-        os.fdopen = real_fdopen
     lines = [ln for ln in err.strip().splitlines() if ln.strip()]
     seen = f"exit {code}: {msg(ctx.clean(lines[-1]) if lines else '(nothing on stderr)')}"
     if "Traceback" in err:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import errno
 import json
 import os
 import signal
@@ -17,6 +16,7 @@ import torch
 
 from conftest import TINY
 from napari_lgg_seg import cli
+from napari_lgg_seg._testing import disk_full_on_atomic_writes
 from napari_lgg_seg.config import TrainConfig
 from napari_lgg_seg.model import CheckpointError, load_model, read_checkpoint
 from napari_lgg_seg.training import train
@@ -221,39 +221,17 @@ def test_killed_mid_epoch_keeps_last_checkpoint_readable(phantom_root, tmp_path)
     assert [r["epoch"] for r in reports if r["kind"] == "epoch"] == [done + 1]
 
 
-class _DiskFullFile:
-    """A file whose writes store half of what they are given, then fail as a full disk does."""
-
-    def __init__(self, f):
-        self._f = f
-
-    def write(self, data):
-        self._f.write(data[: len(data) // 2])
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    def __getattr__(self, name):
-        return getattr(self._f, name)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self._f.close()
-
-
-def test_full_disk_gives_a_clear_error_and_keeps_the_last_checkpoints(phantom_root, tmp_path, monkeypatch, capsys):
+def test_full_disk_gives_a_clear_error_and_keeps_the_last_checkpoints(phantom_root, tmp_path, capsys):
     out = tmp_path / "run"
     run(tiny_config(epochs=1, steps_per_epoch=2), [phantom_root], out)
     saved = {name: (out / name).read_bytes() for name in ("best.pt", "last.pt")}
-    real_fdopen = os.fdopen
-    monkeypatch.setattr(os, "fdopen", lambda fd, *a, **k: _DiskFullFile(real_fdopen(fd, *a, **k)))
-    with pytest.raises(OSError, match="Could not save .*No space left on device.*Free disk space"):
-        run(tiny_config(), [phantom_root], out, resume=True, epochs=2)
-    # the CLI says the same in one line, without a traceback, and exits non-zero
-    code = cli.main(["train", "--data", str(phantom_root), "--out", str(out), "--resume", "--epochs", "2"])
+    with disk_full_on_atomic_writes():
+        with pytest.raises(OSError, match="Could not save .*No space left on device.*Free disk space"):
+            run(tiny_config(), [phantom_root], out, resume=True, epochs=2)
+        # the CLI says the same in one line, without a traceback, and exits non-zero
+        code = cli.main(["train", "--data", str(phantom_root), "--out", str(out), "--resume", "--epochs", "2"])
     err = capsys.readouterr().err
     assert code != 0 and "No space left on device" in err and "Traceback" not in err
-    monkeypatch.undo()
     # nothing torn, nothing left behind: the epoch-1 checkpoints are byte-identical and still load
     assert {name: (out / name).read_bytes() for name in saved} == saved
     assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
