@@ -311,6 +311,27 @@ def test_closing_the_patient_while_segmenting_is_safe(widget, qtbot, tiny_checkp
     assert "closed while segmenting" in widget.status_label.text()
 
 
+def test_result_layers_are_added_one_event_loop_turn_apart(widget, qtbot, tiny_checkpoint):
+    """The probability layer, the Labels layer and the brush set-up are separate GUI steps (the window repaints
+    between them); the dock counts as running until the last one, and a patient closed in between stops them."""
+    add_patient(widget.viewer)
+    assert widget.add_checkpoint(tiny_checkpoint)
+    seen = []
+    widget.viewer.layers.events.inserted.connect(lambda e: seen.append((e.value.name, widget.running)))
+    run_segmentation(qtbot, widget)
+    assert seen == [(f"{PID} tumour probability", True), (f"{PID} tumour", True)]
+    assert not widget.running and widget.segment_button.isEnabled()
+    assert widget.viewer.layers.selection.active.name == f"{PID} tumour"
+    assert widget.viewer.layers[f"{PID} tumour"].mode == "paint"
+    # closing the patient between two steps: the remaining steps are dropped with a message
+    patient = widget.current_patient()
+    ran = []
+    widget._adding_result = True
+    widget._run_gui_steps(patient, [lambda: widget.viewer.layers.clear(), lambda: ran.append("second step")])
+    qtbot.waitUntil(lambda: not widget.running, timeout=WAIT_MS)
+    assert ran == [] and "closed while the result was being added" in widget.status_label.text()
+
+
 def test_single_2d_image_is_replicated(widget, qtbot, tiny_checkpoint):
     from napari_lgg_seg.widgets._common import find_patients
 

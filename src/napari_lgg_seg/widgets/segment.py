@@ -98,6 +98,7 @@ class SegmentWidget(QWidget):
         self.ask = qt_ask(self)
         self.batch_size = 8
         self._worker = None
+        self._adding_result = False  # result layers being added, one event-loop turn per step
         self._job: dict | None = None
         self._models: dict[str, object] = {}  # path -> LoadedModel
         self._checkpoint_files: dict[str, str] = {}  # path -> label (chosen with the file picker)
@@ -482,7 +483,8 @@ class SegmentWidget(QWidget):
 
     @property
     def running(self) -> bool:
-        return self._worker is not None
+        """True while a segmentation runs or its result is being added to the viewer."""
+        return self._worker is not None or self._adding_result
 
     def _update_buttons(self) -> None:
         running = self.running
@@ -609,33 +611,64 @@ class SegmentWidget(QWidget):
                       "lgg_model_label": model_label, AI_MASK_KEY: mask.copy(),
                       "lgg_postprocessing": asdict(settings)}
         name = f"{pid} tumour"
-        existing = [layer for layer in prediction_layers(self.viewer, pid) if layer.name == name]
-        if existing:
-            labels = existing[-1]
-            old_prob = probability_layer_for(self.viewer, labels)
-            if old_prob is not None:
-                self.viewer.layers.remove(old_prob)
+        state: dict = {}
+
+        def place_probabilities() -> None:
+            existing = [layer for layer in prediction_layers(self.viewer, pid) if layer.name == name]
+            state["labels"] = existing[-1] if existing else None
+            if state["labels"] is not None:
+                old_prob = probability_layer_for(self.viewer, state["labels"])
+                if old_prob is not None:
+                    self.viewer.layers.remove(old_prob)
             self.viewer.add_image(probs, name=f"{pid} tumour probability", visible=False, colormap="magma",
                                   contrast_limits=(0.0, 1.0), metadata=prob_meta, **geometry)
-            labels.metadata = label_meta
-            labels.data = mask
-        else:
-            self.viewer.add_image(probs, name=f"{pid} tumour probability", visible=False, colormap="magma",
-                                  contrast_limits=(0.0, 1.0), metadata=prob_meta, **geometry)
-            labels = self.viewer.add_labels(mask, name=name, opacity=0.5, metadata=label_meta, **geometry)
-            self._watch_labels(labels)
-        labels.selected_label = 1
-        labels.brush_size = 10
-        labels.mode = "paint"
-        self.viewer.layers.selection.active = labels
-        self._compare_text = ""
-        voxels = int(mask.sum())
-        self.status_label.setText(f"Done: {pid} segmented with {model_label}. Correct it with the brush "
-                                  "(label 1 = tumour, 0 = erase).")
-        self.update_readout()
-        if voxels == 0:
-            notify(f"{pid}: the model found no tumour at threshold {settings.threshold:.2f}", "info")
-        return labels
+
+        def place_labels() -> None:
+            labels = state["labels"]
+            if labels is not None and labels in self.viewer.layers:
+                labels.metadata = label_meta
+                labels.data = mask
+            else:
+                labels = self.viewer.add_labels(mask, name=name, opacity=0.5, metadata=label_meta, **geometry)
+                self._watch_labels(labels)
+            state["labels"] = labels
+
+        def ready_for_the_brush() -> None:
+            labels = state["labels"]
+            labels.selected_label = 1
+            labels.brush_size = 10
+            labels.mode = "paint"
+            self.viewer.layers.selection.active = labels
+            self._compare_text = ""
+            self.status_label.setText(f"Done: {pid} segmented with {model_label}. Correct it with the brush "
+                                      "(label 1 = tumour, 0 = erase).")
+            self.update_readout()
+            if int(mask.sum()) == 0:
+                notify(f"{pid}: the model found no tumour at threshold {settings.threshold:.2f}", "info")
+
+        self._adding_result = True
+        self._run_gui_steps(patient, [place_probabilities, place_labels, ready_for_the_brush])
+
+    def _run_gui_steps(self, patient: PatientLayers, steps: list) -> None:
+        """Run GUI-thread steps one event-loop turn apart, so that the window repaints and reacts between
+        them (adding each layer costs napari 0.1-0.3 s); stops if the patient's layers are closed meanwhile."""
+        if steps and not patient.alive(self.viewer):
+            self.status_label.setText(f"The layers of {patient.patient_id} were closed while the result was "
+                                      "being added; it was discarded.")
+            steps = []
+        if not steps:
+            self._adding_result = False
+            self._update_buttons()
+            return
+        steps[0]()
+
+        def next_step() -> None:
+            try:
+                self._run_gui_steps(patient, steps[1:])
+            except RuntimeError:  # the dock was closed meanwhile (its Qt object is gone)
+                pass
+
+        QTimer.singleShot(0, next_step)
 
     # -------------------------------------------------------------------------- edits, readout
 
