@@ -83,7 +83,7 @@ def save_prediction_grid(path: Path, images: np.ndarray, truth: np.ndarray, prob
     for r, i in enumerate(chosen):
         for c, (img, name) in enumerate(((images[i, :, :, 1], "FLAIR"), (truth[i], "truth"),
                                          (probs[i] >= threshold, "prediction"))):
-            axes[r, c].imshow(img, cmap="gray")
+            axes[r, c].imshow(np.asarray(img, np.uint8), cmap="gray", interpolation="nearest")
             axes[r, c].set_axis_off()
             if r == 0:
                 axes[r, c].set_title(name)
