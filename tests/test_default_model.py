@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
+import json
+from pathlib import Path
+
 import torch
 
 from napari_lgg_seg.inference import PostProcessing, postprocess, predict_volume
@@ -36,3 +40,15 @@ def test_default_model_segments_the_sample_phantom():
     probs = predict_volume(loaded.model, images, device="cpu", batch_size=8)
     mask = postprocess(probs, PostProcessing.from_dict(loaded.inference_defaults))
     assert dice(mask, truth) > 0.8
+
+
+def test_model_card_table_prints_the_cards_numbers(capsys):
+    """training/model_card_table.py (the README's results table) reads the shipped card."""
+    path = Path(__file__).resolve().parents[1] / "training" / "model_card_table.py"
+    spec = importlib.util.spec_from_file_location("model_card_table", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main([]) == 0
+    out = capsys.readouterr().out
+    summary = json.loads(default_model_path().with_suffix(".json").read_text())["meta"]["test"]["summary"]
+    assert f"**{summary['patient_dice_mean']:.3f}**" in out and "| per-patient volumetric Dice, mean |" in out
