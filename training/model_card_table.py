@@ -51,10 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     stages = meta.get("training_stages") or [{"epochs": meta.get("epochs_done"), "steps": meta.get("steps_done"),
                                               "wall_seconds": meta.get("wall_seconds")}]
     total = sum(s.get("wall_seconds") or 0.0 for s in stages)
-    print("\nTraining: " + "; ".join(f"stage {i + 1}: {s.get('epochs')} epochs, {s.get('steps')} steps, "
-                                     f"{(s.get('wall_seconds') or 0) / 60:.0f} min"
-                                     for i, s in enumerate(stages))
-          + f"; total {total / 60:.0f} min on {meta.get('hardware', 'unknown hardware')}.")
+    print("\nTraining up to the shipped checkpoint: " + "; ".join(
+        f"stage {i + 1}: {s.get('epochs')} epochs ({s.get('steps')} steps), {(s.get('wall_seconds') or 0) / 60:.0f} min"
+        for i, s in enumerate(stages)) + f"; total {total / 60:.0f} min on {meta.get('hardware', 'unknown hardware')}.")
     return 0
 
 
