@@ -21,6 +21,7 @@ from napari_lgg_seg.evaluation import (
     load_labelled_patients,
     predict_patients,
 )
+from napari_lgg_seg.io import atomic_write_text
 from napari_lgg_seg.model import DEFAULT_MODEL_PATH, load_model, read_checkpoint, save_checkpoint
 
 MAX_FP_RATE = 0.05
@@ -97,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     save_checkpoint(out, loaded.model, config=loaded.config, meta=meta, half=True)
     card = {"config": loaded.config, "meta": meta}
-    out.with_suffix(".json").write_text(json.dumps(card, indent=2, default=str))
+    atomic_write_text(out.with_suffix(".json"), json.dumps(card, indent=2, default=str))
     log(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB) and {out.with_suffix('.json')}")
     print(json.dumps({"inference": settings, "validation": best, "test": test["summary"],
                       "test_raw": test_raw["summary"]}, indent=2))

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .io import parse_slice_name, require_patient_folders
+from .io import atomic_write_text, parse_slice_name, require_patient_folders
+from .plots import save_figure
 
 MAX_EXAMPLES = 20
 
@@ -194,9 +195,7 @@ def run_eda(root: str | os.PathLike, out_dir: str | os.PathLike, *, samples: int
     png = out / "eda_samples.png"
     report["samples_png"] = str(png) if _sample_grid(png, candidates, samples) else None
     report["seconds"] = time.perf_counter() - t0
-    tmp = out / "eda.json.tmp"
-    tmp.write_text(json.dumps(report, indent=2))
-    os.replace(tmp, out / "eda.json")
+    atomic_write_text(out / "eda.json", json.dumps(report, indent=2))
     return report
 
 
@@ -225,7 +224,5 @@ def _sample_grid(path: Path, candidates: list[tuple[int, str, Path, Path]], n: i
         ax.set_title(f"{pid}\nslice {img_path.stem.rsplit('_', 1)[-1]}: {pixels} px", fontsize=8)
     fig.suptitle("FLAIR with mask outline (largest-tumour slice per patient)", fontsize=10)
     fig.tight_layout(rect=(0, 0, 1, 0.95), h_pad=1.5)
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=80)
-    os.replace(tmp, path)
+    save_figure(fig, path, dpi=80)
     return True

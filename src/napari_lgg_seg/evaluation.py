@@ -9,7 +9,6 @@ filling (and TTA on/off) for the best mean per-patient Dice; run them on VALIDAT
 
 from __future__ import annotations
 
-import csv
 import itertools
 import json
 import math
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .io import atomic_write_csv, atomic_write_text
 from .metrics import PatientScores, score_patient, summarize
 
 DEFAULT_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
@@ -63,17 +63,11 @@ def write_results(out: str | os.PathLike, result: dict) -> tuple[Path, Path]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     csv_path, json_path = out / "per_patient.csv", out / "summary.json"
-    tmp = csv_path.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(PATIENT_COLUMNS), extrasaction="ignore")
-        writer.writeheader()
-        for row in result["patients"]:
-            writer.writerow({k: ("" if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()})
-    os.replace(tmp, csv_path)
+    rows = ({k: ("" if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
+            for row in result["patients"])
+    atomic_write_csv(csv_path, rows, list(PATIENT_COLUMNS), extrasaction="ignore")
     payload = {"summary": result["summary"], "settings": result["settings"]}
-    tmp = json_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(_nan_to_none(payload), indent=2))
-    os.replace(tmp, json_path)
+    atomic_write_text(json_path, json.dumps(_nan_to_none(payload), indent=2))
     return csv_path, json_path
 
 

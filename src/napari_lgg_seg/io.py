@@ -6,6 +6,7 @@ Layout: ``<ROOT>/<PATIENT>/<PATIENT>_<k>.tif`` (H x W x 3 uint8) with optional
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -366,25 +367,47 @@ def sanitize_name(name: str) -> str:
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> None:
     """Write a file through ``write(fileobj)`` into a unique temporary file beside it, then rename atomically.
 
-    A crash, a full disk or a concurrent writer never leaves a torn or half-written file at ``path``.
+    A crash, a full disk or a concurrent writer never leaves a torn or half-written file at ``path``; an
+    operating-system error is re-raised as an ``OSError`` (same errno) that names the file and what to do.
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as err:
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(err, OSError) and err.errno is not None:
+            hint = " Free disk space and retry." if err.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+            raise OSError(err.errno, f"Could not save {path}: {err.strerror or err}.{hint}") from err
         raise
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write bytes atomically (see :func:`atomic_write`)."""
     atomic_write(path, lambda f: f.write(data))
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write UTF-8 text atomically (see :func:`atomic_write`)."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_csv(path: str | os.PathLike, rows: Iterable[dict], fieldnames: list[str], **writer_options) -> None:
+    """Write dict rows as CSV with a header, atomically (``writer_options`` go to ``csv.DictWriter``)."""
+    import csv
+    import io as _io
+
+    buffer = _io.StringIO(newline="")
+    writer = csv.DictWriter(buffer, fieldnames=fieldnames, **writer_options)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, buffer.getvalue())
 
 
 def _write_tiff(path: Path, array: np.ndarray) -> None:

@@ -163,10 +163,7 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     torch.save(obj, buffer)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        atomic_write_bytes(path, buffer.getvalue())
-    except OSError as err:
-        raise OSError(f"Could not save {path}: {err.strerror or err}. Free disk space and retry.") from err
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, config: dict | None = None,

@@ -41,6 +41,13 @@ def draw_curves(history: list[dict], loss_ax=None, metric_ax=None, fontsize: flo
         metric_ax.set_ylim(0, 1)
 
 
+def save_figure(fig, path: str | os.PathLike, dpi: float) -> None:
+    """Save a matplotlib figure as PNG atomically (``io.atomic_write``)."""
+    from .io import atomic_write
+
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=dpi))
+
+
 def render_curves(history: list[dict], width_px: int, height_px: int, dpi: float = 100.0) -> np.ndarray:
     """The two curve panels as an (H, W, 4) uint8 RGBA image (matplotlib Agg; safe off the GUI thread)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -63,9 +70,7 @@ def save_curve_pngs(out: Path, history: list[dict]) -> None:
         FigureCanvasAgg(fig)
         ax = fig.add_subplot()
         draw_curves(history, *((ax, None) if which == 0 else (None, ax)))
-        tmp = out / f".{name}.tmp.png"
-        fig.savefig(tmp, dpi=100)
-        os.replace(tmp, out / name)
+        save_figure(fig, out / name, dpi=100)
 
 
 def save_prediction_grid(path: Path, images: np.ndarray, truth: np.ndarray, probs: np.ndarray,
@@ -90,6 +95,4 @@ def save_prediction_grid(path: Path, images: np.ndarray, truth: np.ndarray, prob
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=80)
-    os.replace(tmp, path)
+    save_figure(fig, path, dpi=80)

@@ -6,7 +6,6 @@ draw progress and a CLI can print it. Runs under ``torchrun`` with DistributedDa
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 import math
@@ -24,6 +23,7 @@ import torch.distributed as dist
 from .config import TrainConfig
 from .data import SliceStore, index_patients, sample_crop_origins, split_patients
 from .inference import autocast_context, resolve_device
+from .io import atomic_write_csv, atomic_write_text
 from .metrics import make_loss, score_patient, summarize
 from .model import ModelConfig, UNet, atomic_torch_save, checkpoint_dict, load_model, read_checkpoint
 from .plots import save_curve_pngs, save_prediction_grid
@@ -305,8 +305,8 @@ def train(
         **init_meta,
     }
     if ctx.is_main:
-        (out / "split.json").write_text(json.dumps(split, indent=2))
-        (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
+        atomic_write_text(out / "split.json", json.dumps(split, indent=2))
+        atomic_write_text(out / "config.json", json.dumps(config.to_dict(), indent=2))
     yield {"kind": "start", "epochs": config.epochs, "steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
            "split": split, "load_seconds": load_seconds, "device": str(device), "start_epoch": start_epoch,
            "train_slices": int(len(train_store.images))}
@@ -407,9 +407,4 @@ def _write_metrics_csv(path: Path, history: list[dict]) -> None:
     keys: list[str] = []
     for h in history:
         keys += [k for k in h if k not in keys]
-    tmp = path.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows(history)
-    os.replace(tmp, path)
+    atomic_write_csv(path, history, keys)
