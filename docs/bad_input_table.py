@@ -612,7 +612,7 @@ def training_full_disk_case(ctx: Context) -> Row:
     from napari_lgg_seg.sample import write_phantom_dataset
     from napari_lgg_seg.training import train
 
-    label = "disk full while training saves a checkpoint (every write fails half-way with ENOSPC)"
+    label = "disk full while a training run writes its files (every write fails half-way with ENOSPC)"
     base = ctx.folder("full_disk")
     data = base / "data"
     write_phantom_dataset(data, n_patients=3, n_slices=6, size=64, seed=0)

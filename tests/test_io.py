@@ -291,3 +291,21 @@ def test_sanitize_name_keeps_dataset_ids():
     assert sanitize_name(PID) == PID
     assert sanitize_name("PHANTOM_00_20000101") == "PHANTOM_00_20000101"
     assert sanitize_name("with space") == "with_space"
+
+
+def test_atomic_write_names_the_file_and_keeps_errno(tmp_path):
+    import errno
+
+    from napari_lgg_seg._testing import disk_full_on_atomic_writes
+    from napari_lgg_seg.io import atomic_write_text
+
+    target = tmp_path / "report.json"
+    target.write_text("old")
+    with disk_full_on_atomic_writes(), pytest.raises(OSError) as info:
+        atomic_write_text(target, "new")
+    assert info.value.errno == errno.ENOSPC
+    assert str(info.value) == f"Could not save {target}: No space left on device. Free disk space and retry."
+    assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["report.json"]
+    with pytest.raises(OSError) as info:
+        atomic_write_text(tmp_path / "missing-folder" / "x.json", "new")
+    assert info.value.errno == errno.ENOENT and "Free disk space" not in str(info.value)

@@ -384,7 +384,9 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -
             os.unlink(tmp)
         if isinstance(err, OSError) and err.errno is not None:
             hint = " Free disk space and retry." if err.errno in (errno.ENOSPC, errno.EDQUOT) else ""
-            raise OSError(err.errno, f"Could not save {path}: {err.strerror or err}.{hint}") from err
+            clear = OSError(f"Could not save {path}: {err.strerror or err}.{hint}")
+            clear.errno = err.errno
+            raise clear from err
         raise
 
 
