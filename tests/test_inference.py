@@ -294,3 +294,13 @@ def test_bf16_prediction_close_to_fp32(tiny_model, volume):
     bf16 = predict_volume(tiny_model, volume, device="cpu", precision="bf16")
     assert bf16.dtype == np.float32
     assert np.abs(fp32 - bf16).max() < 0.05
+
+
+def test_postprocess_takes_a_single_slice():
+    probs = np.zeros((32, 32), np.float32)
+    probs[4:10, 4:10] = 0.9
+    probs[20:22, 20:22] = 0.9
+    settings = PostProcessing(threshold=0.5, keep_largest=True)
+    mask = postprocess(probs, settings)
+    assert mask.shape == (32, 32) and int(mask.sum()) == 36
+    np.testing.assert_array_equal(mask, postprocess(probs[None], settings)[0])

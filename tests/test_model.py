@@ -209,3 +209,11 @@ def test_save_is_atomic_and_creates_folders(tmp_path):
 def test_default_model_path_is_none_or_a_file():
     path = default_model_path()
     assert path is None or Path(path).is_file()
+
+
+def test_training_size_from_the_config():
+    from napari_lgg_seg.model import LoadedModel, training_size
+
+    assert training_size({"image_size": 64}) == 64
+    assert training_size({}) == training_size(None) == training_size({"image_size": "x"}) == 256
+    assert LoadedModel(UNet(ModelConfig(features=(4, 8, 16, 32), bottleneck=32)), {"image_size": 128}).training_size == 128

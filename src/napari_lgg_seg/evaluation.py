@@ -71,14 +71,6 @@ def write_results(out: str | os.PathLike, result: dict) -> tuple[Path, Path]:
     return csv_path, json_path
 
 
-def _training_size(loaded) -> int:
-    size = loaded.config.get("image_size", 256) if isinstance(loaded.config, dict) else 256
-    try:
-        return int(size)
-    except (TypeError, ValueError):
-        return 256
-
-
 def predict_probabilities(model, images: np.ndarray, *, device="auto", batch_size: int = 16, tta: bool = False,
                           image_size: int | None = 256, precision: str = "auto",
                           progress: Callable[[int, int], None] | None = None) -> np.ndarray:
@@ -146,7 +138,7 @@ def evaluate_folders(
     defaults = loaded.inference_defaults
     use_tta = bool(defaults.get("tta", False)) if tta is None else bool(tta)
     pp = PostProcessing.from_dict({**defaults, **(postprocessing or {})})
-    size = _training_size(loaded)
+    size = loaded.training_size
     folders = _select_folders(data_roots, patients)
     if not folders:
         raise ValueError("no patients to evaluate")
@@ -227,7 +219,7 @@ def predict_patients(
     from .inference import resolve_device
 
     if hasattr(model, "model") and hasattr(model, "meta"):
-        image_size = _training_size(model)
+        image_size = model.training_size
         model = model.model
     dev = resolve_device(device) if isinstance(device, str) else device
     result: dict[bool, dict[str, np.ndarray]] = {}

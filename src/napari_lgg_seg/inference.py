@@ -103,10 +103,12 @@ class PostProcessing:
 
 
 def postprocess(probabilities: np.ndarray, settings: PostProcessing | None = None) -> np.ndarray:
-    """Binary (Z, H, W) uint8 mask from probabilities: threshold, small-lesion removal, largest
-    3D component, per-slice hole filling."""
+    """Binary uint8 mask from (Z, H, W) probabilities (or one (H, W) slice): threshold, small-lesion removal,
+    largest 3D component, per-slice hole filling."""
     from scipy import ndimage
 
+    if np.ndim(probabilities) == 2:
+        return postprocess(np.asarray(probabilities)[None], settings)[0]
     s = settings or PostProcessing()
     mask = np.asarray(probabilities) >= s.threshold
     if (s.min_lesion_voxels > 0 or s.keep_largest) and mask.any():

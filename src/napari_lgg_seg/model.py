@@ -98,6 +98,9 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
+DATASET_SLICE_SIZE = 256  # the LGG set's slices are 256 x 256
+
+
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used; the message says why."""
 
@@ -115,6 +118,19 @@ class LoadedModel:
     def inference_defaults(self) -> dict:
         """Threshold / TTA / post-processing chosen on validation patients, if the card has them."""
         return dict(self.meta.get("inference", {}))
+
+    @property
+    def training_size(self) -> int:
+        """The slice size the model was trained on (see :func:`training_size`)."""
+        return training_size(self.config)
+
+
+def training_size(config: dict | None) -> int:
+    """The slice size of a checkpoint's training: its config's ``image_size``, else the dataset's 256."""
+    try:
+        return int((config or {}).get("image_size") or DATASET_SLICE_SIZE)
+    except (TypeError, ValueError, AttributeError):
+        return DATASET_SLICE_SIZE
 
 
 def _jsonable(obj: Any) -> Any:

@@ -470,8 +470,7 @@ class SegmentWidget(QWidget):
         from ..inference import postprocess
 
         probs = np.asarray(prob_layer.data, dtype=np.float32)
-        mask = postprocess(probs if probs.ndim == 3 else probs[None], settings)
-        mask = mask.reshape(probs.shape)
+        mask = postprocess(probs, settings)
         layer.metadata[AI_MASK_KEY] = mask.copy()
         layer.metadata["lgg_postprocessing"] = asdict(settings)
         layer.data = mask
@@ -533,7 +532,7 @@ class SegmentWidget(QWidget):
                      "shape": np.shape(patient.reference.data), "settings": settings}
         worker = create_worker(_segment_job, self._loaded.model, images, self.device_combo.currentText() or "auto",
                                self.tta_check.isChecked(), int(self.batch_size), settings,
-                               int((self._loaded.config or {}).get("image_size") or 256), _start_thread=False,
+                               self._loaded.training_size, _start_thread=False,
                                _ignore_errors=True)
         worker.yielded.connect(self._on_progress)
         worker.returned.connect(self._on_result)
@@ -600,7 +599,7 @@ class SegmentWidget(QWidget):
 
         settings = self.settings()
         if mask is None:
-            mask = postprocess(probs if probs.ndim == 3 else probs[None], settings).reshape(probs.shape)
+            mask = postprocess(probs, settings)
         pid = patient.patient_id
         ref = patient.reference
         rid = uuid.uuid4().hex

@@ -35,6 +35,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ._common import notify, register_model, registered_models
 from ._qt import RefreshingComboBox
 
 RUNS_HOME = Path("~/napari-lgg-seg-runs")
@@ -54,15 +55,15 @@ def default_output_folder() -> Path:
 
 
 def checkpoint_training_size(path: str | None) -> int:
-    """The slice size a checkpoint was trained on (its card's ``image_size``; 256, the dataset's, if absent)."""
-    if not path:
-        return 256
-    try:
-        from ..model import read_checkpoint
+    """The slice size a checkpoint was trained on (``model.training_size`` of its config)."""
+    from ..model import read_checkpoint, training_size
 
-        return int(read_checkpoint(path).get("config", {}).get("image_size", 256))
+    if not path:
+        return training_size(None)
+    try:
+        return training_size(read_checkpoint(path).get("config"))
     except Exception:  # unreadable here: training reports the real problem when it loads the weights
-        return 256
+        return training_size(None)
 
 
 def fit_to_start_model(config, crops: bool):
@@ -82,16 +83,6 @@ def _train_job(config, roots: list[str], out: str, resume: bool, epochs: int | N
     if crops is not None:
         config = fit_to_start_model(config, crops)
     yield from train(config, roots, out, resume=resume, should_stop=stop.is_set, epochs=epochs)
-
-
-def _register(path: str, label: str) -> bool:
-    """Offer a checkpoint in the Segment dock's model list (when the registry is available)."""
-    try:
-        from ._common import register_model
-    except ImportError:
-        return False
-    register_model(path, label)
-    return True
 
 
 def read_history(out: str | os.PathLike) -> list[dict]:
@@ -325,12 +316,7 @@ class TrainWidget(QWidget):
         current = self._current_segment_model()
         if current:
             entries.append((f"Current model ({Path(current).name})", CURRENT, current))
-        try:
-            from ._common import registered_models
-
-            entries += [(label, "file", path) for label, path in registered_models()]
-        except ImportError:
-            pass
+        entries += [(label, "file", path) for label, path in registered_models()]
         entries += [(Path(p).name, "file", p) for p in self._checkpoint_files]
         seen, unique = set(), []
         for label, kind, path in entries:
@@ -615,10 +601,9 @@ class TrainWidget(QWidget):
             self.best_path = os.fspath(best)
             epoch = len(read_history(out)) or len(self.history)
             label = f"Trained: {out.name} (best of {epoch} epoch{'s' if epoch != 1 else ''})"
-            offered = _register(self.best_path, label)
-            where = " It is offered in the Segment dock's model list." if offered else ""
+            register_model(self.best_path, label)
             verb = "Stopped" if report["stopped"] else "Finished"
-            self.status_label.setText(f"{verb}. Best model: {best}.{where}")
+            self.status_label.setText(f"{verb}. Best model: {best}. It is offered in the Segment dock's model list.")
         elif report["stopped"]:
             self.status_label.setText("Stopped during the first epoch: no model was saved (an unfinished epoch is "
                                       "discarded).")
@@ -633,12 +618,7 @@ class TrainWidget(QWidget):
     def _on_error(self, err) -> None:
         self._set_progress_done()
         self.status_label.setText(f"Training failed: {err}")
-        try:
-            from ._common import notify
-
-            notify(f"Training failed: {err}", "error")
-        except ImportError:
-            pass
+        notify(f"Training failed: {err}", "error")
 
     def _on_finished(self) -> None:
         self._worker = None
