@@ -5,7 +5,7 @@ PRODUCT: what ``training.train`` does: ``training.training_memory_format`` (NCHW
 with bf16 or CUDA), ``inference.autocast_context``
 (bf16 where the CPU is fast at it), whole slices; with ``--crop-size C`` also the product on C x C
 crops (the shipped config trains on 128 x 128 crops).
-All use the same loss (``metrics.make_loss("weighted_bce_dice")``), Adam, and the real in-memory
+All use the same loss (``losses.make_loss("weighted_bce_dice")``), Adam, and the real in-memory
 data pipeline (``data.SliceStore`` -> ``training._make_batch`` -> ``transforms.normalize`` ->
 ``transforms.augment_batch``) on a few real patients, or phantoms when the data is absent.
 Steps alternate between the variants. Prints slices/s and the share of each step spent waiting
@@ -43,7 +43,7 @@ from _common import (
 from napari_lgg_seg import inference, training
 from napari_lgg_seg.config import TrainConfig
 from napari_lgg_seg.data import SliceStore
-from napari_lgg_seg.metrics import make_loss
+from napari_lgg_seg.losses import make_loss
 from napari_lgg_seg.model import UNet
 from napari_lgg_seg.transforms import augment_batch, normalize, volume_channel_stats
 

@@ -36,7 +36,8 @@ def test_manifest_is_valid_and_importable():
 
 def test_widget_modules_do_not_import_torch():
     code = ("import sys, napari_lgg_seg._reader, napari_lgg_seg._writer, napari_lgg_seg._sample_data, "
-            "napari_lgg_seg.widgets.segment, napari_lgg_seg.widgets.export, napari_lgg_seg.widgets.browser; "
+            "napari_lgg_seg.widgets.segment, napari_lgg_seg.widgets.export, napari_lgg_seg.widgets.browser, "
+            "napari_lgg_seg.widgets.train; "
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -402,7 +402,8 @@ def test_recovery_files_roundtrip(tmp_path):
 
 
 def test_volume_readout_units():
-    from napari_lgg_seg.widgets._common import dice_score, volume_readout
+    from napari_lgg_seg.metrics import dice
+    from napari_lgg_seg.widgets._common import volume_readout
 
     mask = np.zeros((4, 5, 5), np.uint8)
     mask[1, :2, :2] = 1
@@ -410,8 +411,8 @@ def test_volume_readout_units():
     assert volume_readout(mask) == "5 voxels in 2 slices"
     assert volume_readout(mask, (1, 1, 1)) == "5 voxels in 2 slices"
     assert volume_readout(mask, (3, 0.5, 0.5)) == "5 voxels in 2 slices = 3.8 mm\u00b3"
-    assert dice_score(mask, mask) == 1.0 and dice_score(mask, np.zeros_like(mask)) == 0.0
-    assert dice_score(np.zeros(3), np.zeros(3)) == 1.0
+    assert dice(mask, mask) == 1.0 and dice(mask, np.zeros_like(mask)) == 0.0
+    assert dice(np.zeros(3), np.zeros(3)) == 1.0
 
 
 def test_default_model_and_file_picker(make_napari_viewer, monkeypatch, tmp_path):

@@ -24,7 +24,8 @@ from .config import TrainConfig
 from .data import SliceStore, index_patients, sample_crop_origins, split_patients
 from .inference import autocast_context, resolve_device
 from .io import atomic_write_csv, atomic_write_text
-from .metrics import make_loss, score_patient, summarize
+from .losses import make_loss
+from .metrics import score_patient, summarize
 from .model import ModelConfig, UNet, atomic_torch_save, checkpoint_dict, load_model, read_checkpoint
 from .plots import save_curve_pngs, save_prediction_grid
 from .transforms import augment_batch, normalize, pad_to_multiple, to_tensor_batch

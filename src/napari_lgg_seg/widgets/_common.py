@@ -222,15 +222,6 @@ def has_unexported_edits(layer) -> bool:
     return meta.get(EXPORTED_KEY) != mask_digest(np.asarray(layer.data))
 
 
-def dice_score(a: np.ndarray, b: np.ndarray) -> float:
-    """Volume Dice between two binary masks (1.0 when both are empty)."""
-    a, b = np.asarray(a) > 0, np.asarray(b) > 0
-    total = int(a.sum()) + int(b.sum())
-    if total == 0:
-        return 1.0
-    return 2.0 * int(np.logical_and(a, b).sum()) / total
-
-
 def volume_readout(mask: np.ndarray, scale=None) -> str:
     """'N voxels in K slices' plus the volume in mm^3 when the scale is not all 1."""
     mask = np.asarray(mask) > 0

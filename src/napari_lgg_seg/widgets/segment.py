@@ -29,6 +29,7 @@ from qtpy.QtWidgets import (
 )
 
 from .. import recovery
+from ..metrics import dice
 from ._common import (
     AI_MASK_KEY,
     MODEL_REGISTRY,
@@ -37,7 +38,6 @@ from ._common import (
     ROLE_PROBABILITY,
     PatientLayers,
     ai_mask_of,
-    dice_score,
     disconnector,
     find_patients,
     has_unexported_edits,
@@ -706,7 +706,7 @@ class SegmentWidget(QWidget):
             return None
         labels = np.asarray(layer.data)
         result = {
-            "dice": dice_score(ai, labels),
+            "dice": dice(ai, labels),
             "voxels_changed": int(np.count_nonzero((ai > 0) != (labels > 0))),
             "voxels_added": int(np.count_nonzero((labels > 0) & (ai == 0))),
             "voxels_removed": int(np.count_nonzero((labels == 0) & (ai > 0))),
