@@ -130,16 +130,11 @@ def load_inference_model(weights: str | None, device: str = "auto"):
 
 def inference_settings(loaded, threshold: float | None = None, tta: bool | None = None):
     """``(PostProcessing, tta)`` from the checkpoint card's inference defaults, with overrides."""
-    from .inference import PostProcessing
+    from .inference import card_settings
 
-    defaults = loaded.inference_defaults
-    settings = PostProcessing.from_dict(defaults)
-    if threshold is not None:
-        if not 0.0 < threshold < 1.0:
-            raise CLIError(f"--threshold must be between 0 and 1 (exclusive); got {threshold}.")
-        settings.threshold = float(threshold)
-    use_tta = bool(defaults.get("tta", False)) if tta is None else bool(tta)
-    return settings, use_tta
+    if threshold is not None and not 0.0 < threshold < 1.0:
+        raise CLIError(f"--threshold must be between 0 and 1 (exclusive); got {threshold}.")
+    return card_settings(loaded, tta, None if threshold is None else {"threshold": float(threshold)})
 
 
 def cmd_segment(args: argparse.Namespace) -> int:

@@ -130,14 +130,12 @@ def evaluate_folders(
     ``per_patient.csv`` and ``summary.json`` are written there. Patients without masks are skipped
     (listed in ``settings["skipped"]``).
     """
-    from .inference import PostProcessing, postprocess, resolve_device
+    from .inference import card_settings, postprocess, resolve_device
     from .io import load_patient
 
     dev = resolve_device(device)
     loaded = _load_model(weights, dev)
-    defaults = loaded.inference_defaults
-    use_tta = bool(defaults.get("tta", False)) if tta is None else bool(tta)
-    pp = PostProcessing.from_dict({**defaults, **(postprocessing or {})})
+    pp, use_tta = card_settings(loaded, tta, postprocessing)
     size = loaded.training_size
     folders = _select_folders(data_roots, patients)
     if not folders:

@@ -102,6 +102,13 @@ class PostProcessing:
         return cls(**{k: d[k] for k in ("threshold", "min_lesion_voxels", "keep_largest", "fill_holes") if k in d})
 
 
+def card_settings(loaded, tta: bool | None = None, overrides: dict | None = None) -> tuple[PostProcessing, bool]:
+    """``(PostProcessing, tta)`` from a checkpoint card's inference defaults (``LoadedModel``), with overrides."""
+    defaults = loaded.inference_defaults
+    settings = PostProcessing.from_dict({**defaults, **(overrides or {})})
+    return settings, bool(defaults.get("tta", False)) if tta is None else bool(tta)
+
+
 def postprocess(probabilities: np.ndarray, settings: PostProcessing | None = None) -> np.ndarray:
     """Binary uint8 mask from (Z, H, W) probabilities (or one (H, W) slice): threshold, small-lesion removal,
     largest 3D component, per-slice hole filling."""
