@@ -119,13 +119,10 @@ def _same_or_nested(a: Path, b: Path) -> bool:
 def load_inference_model(weights: str | None, device: str = "auto"):
     """(LoadedModel, torch device, path) for ``--weights`` or the installed default model."""
     from .inference import resolve_device
-    from .model import default_model_path, load_model
+    from .model import load_model_or_default
 
-    path = Path(weights) if weights else default_model_path()
-    if path is None:
-        raise CLIError("no default model is installed; pass --weights")
-    dev = resolve_device(device)
-    return load_model(path, device="cpu"), dev, path
+    loaded = load_model_or_default(weights)
+    return loaded, resolve_device(device), Path(loaded.path)
 
 
 def inference_settings(loaded, threshold: float | None = None, tta: bool | None = None):

@@ -98,19 +98,6 @@ def _select_folders(data_roots: Iterable[str | os.PathLike], patients: list[str]
     return folders
 
 
-def _load_model(weights: str | os.PathLike | None, device):
-    from .model import CheckpointError, default_model_path, load_model
-
-    if weights is None:
-        weights = default_model_path()
-        if weights is None:
-            raise CheckpointError(
-                "no model given and no default model is installed; pass --weights PATH (a checkpoint such as "
-                "a training run's best.pt)."
-            )
-    return load_model(weights, device=device)
-
-
 def evaluate_folders(
     data_roots: list[str | os.PathLike],
     weights: str | os.PathLike | None,
@@ -132,9 +119,10 @@ def evaluate_folders(
     """
     from .inference import card_settings, postprocess, resolve_device
     from .io import load_patient
+    from .model import load_model_or_default
 
     dev = resolve_device(device)
-    loaded = _load_model(weights, dev)
+    loaded = load_model_or_default(weights, dev)
     pp, use_tta = card_settings(loaded, tta, postprocessing)
     size = loaded.training_size
     folders = _select_folders(data_roots, patients)
@@ -272,15 +260,6 @@ def _crop_box(probs: np.ndarray, truth: np.ndarray, threshold: float) -> tuple[s
     return (slice(max(rows[0] - 1, 0), min(rows[-1] + 2, h)), slice(max(cols[0] - 1, 0), min(cols[-1] + 2, w)))
 
 
-def _fill(mask: np.ndarray) -> np.ndarray:
-    from scipy import ndimage
-
-    out = mask.copy()
-    for z in np.flatnonzero(mask.reshape(mask.shape[0], -1).any(axis=1)):
-        out[z] = ndimage.binary_fill_holes(mask[z])
-    return out
-
-
 def choose_postprocessing(
     probabilities: Mapping[str, np.ndarray],
     truths: Mapping[str, np.ndarray],
@@ -296,6 +275,8 @@ def choose_postprocessing(
     Run it on VALIDATION patients only. Returns ``(settings, table)``: the best threshold /
     min_lesion_voxels / keep_largest / fill_holes, and one row per setting, best first.
     """
+    from .inference import fill_holes_per_slice
+
     pids = [p for p in probabilities if p in truths]
     if not pids:
         raise ValueError("no patient has both probabilities and a truth mask")
@@ -318,7 +299,7 @@ def choose_postprocessing(
             key = (p, keep.tobytes(), fill)
             if key not in cache:
                 mask = components[p].select(keep)
-                cache[key] = score_patient(p, _fill(mask) if fill else mask, truth[p])
+                cache[key] = score_patient(p, fill_holes_per_slice(mask) if fill else mask, truth[p])
             return cache[key]
 
         for min_size, largest in itertools.product(grid_sizes, grid_largest):

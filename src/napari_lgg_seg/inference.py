@@ -129,9 +129,18 @@ def postprocess(probabilities: np.ndarray, settings: PostProcessing | None = Non
                 keep[largest] = True
             mask = np.concatenate([[False], keep])[labels]
     if s.fill_holes and mask.any():
-        for z in np.flatnonzero(mask.reshape(mask.shape[0], -1).any(axis=1)):
-            mask[z] = ndimage.binary_fill_holes(mask[z])
+        mask = fill_holes_per_slice(mask)
     return mask.astype(np.uint8)
+
+
+def fill_holes_per_slice(mask: np.ndarray) -> np.ndarray:
+    """A (Z, H, W) boolean mask with the holes of each slice filled (slices without tumour are skipped)."""
+    from scipy import ndimage
+
+    out = mask.copy()
+    for z in np.flatnonzero(mask.reshape(mask.shape[0], -1).any(axis=1)):
+        out[z] = ndimage.binary_fill_holes(mask[z])
+    return out
 
 
 def head_bounding_box(images: np.ndarray, margin: int = 16, multiple: int = 16) -> tuple[slice, slice]:

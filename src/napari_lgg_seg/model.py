@@ -244,3 +244,12 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> L
 def default_model_path() -> Path | None:
     """The model shipped in the package, or ``None`` when none is installed."""
     return DEFAULT_MODEL_PATH if DEFAULT_MODEL_PATH.is_file() else None
+
+
+def load_model_or_default(weights: str | os.PathLike | None, device: str | torch.device = "cpu") -> LoadedModel:
+    """``load_model(weights)``, or the shipped default model when ``weights`` is empty."""
+    path = weights or default_model_path()
+    if not path:
+        raise CheckpointError("no default model is installed; pass --weights PATH (a checkpoint such as a "
+                              "training run's best.pt).")
+    return load_model(path, device=device)
