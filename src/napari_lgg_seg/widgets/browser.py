@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import html
 import os
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from ._common import (
     prediction_layers,
     qt_ask,
 )
+from ._qt import status_html
 
 
 def _is_reader_layer(layer) -> bool:
@@ -212,8 +212,7 @@ class PatientBrowser(QWidget):
         self.next_button.setEnabled(0 <= self.current_index + 1 < len(self.folders))
 
     def _say(self, text: str, error: bool = False) -> None:
-        text = html.escape(text)
-        self.status_label.setText(f"<span style='color:#e05050'>{text}</span>" if error else text)
+        self.status_label.setText(status_html(text, error))
 
 
 def _wait_cursor():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import html
 import os
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from qtpy.QtWidgets import (
 from .. import recovery
 from ..io import LGGFormatError, sanitize_name
 from ._common import ROLE_PREDICTION, PatientLayers, disconnector, find_patients, mark_exported, notify, voxels_changed
-from ._qt import RefreshingComboBox
+from ._qt import RefreshingComboBox, status_html
 
 
 def _model_description(meta: dict) -> str | None:
@@ -124,10 +123,7 @@ class ExportWidget(QWidget):
         return same_shape[0] if len(same_shape) == 1 else None
 
     def _say(self, text: str, error: bool = False) -> None:
-        if error:
-            self.status_label.setText(f"<span style='color:#e05050'>{html.escape(text)}</span>")
-        else:
-            self.status_label.setText(html.escape(text))
+        self.status_label.setText(status_html(text, error))
 
     def export(self) -> Path | None:
         """Export the chosen layer; returns the patient folder written, or None (the reason is shown)."""

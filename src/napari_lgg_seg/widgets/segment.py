@@ -49,7 +49,7 @@ from ._common import (
     volume_readout,
     voxels_changed,
 )
-from ._qt import RefreshingComboBox
+from ._qt import RefreshingComboBox, status_html
 
 NO_MODEL_TEXT = "No default model is installed; choose a checkpoint file (.pt)"
 OPEN_PATIENT_TEXT = ("Open a patient first: File > Open (an LGG patient folder) or "
@@ -371,7 +371,7 @@ class SegmentWidget(QWidget):
 
     def _show_model_state(self, error: str | None = None) -> None:
         if error:
-            self.model_label.setText(f"<span style='color:#e05050'>Could not load the model: {error}</span>")
+            self.model_label.setText(status_html(f"Could not load the model: {error}", error=True))
         elif self.model_combo.count() == 0:
             self.model_label.setText(NO_MODEL_TEXT)
         elif self._loaded is None:
