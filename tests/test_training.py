@@ -248,3 +248,11 @@ def test_truncated_checkpoint_is_refused_with_a_message(tmp_path, tiny_checkpoin
     with pytest.raises(CheckpointError, match="truncated"):
         read_checkpoint(broken)
 
+
+
+def test_memory_format_follows_the_precision():
+    from napari_lgg_seg.training import training_memory_format
+
+    cpu = torch.device("cpu")
+    assert training_memory_format(cpu, "fp32") == torch.contiguous_format  # channels_last trains slower in fp32
+    assert training_memory_format(cpu, "bf16") == torch.channels_last

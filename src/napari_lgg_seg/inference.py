@@ -64,15 +64,19 @@ def cpu_has_fast_bf16() -> bool:
     return False
 
 
+def cpu_uses_bf16(precision: str = "auto") -> bool:
+    """Whether CPU work runs in bf16 autocast: asked for, or ``auto`` on a CPU with native bf16."""
+    precision = precision.lower()
+    return precision == "bf16" or (precision == "auto" and cpu_has_fast_bf16())
+
+
 def autocast_context(device: torch.device, precision: str = "auto"):
     """bf16 autocast on CPUs with native bf16 and on CUDA; fp16 on MPS; else a no-op."""
     precision = precision.lower()
     if precision == "fp32":
         return contextlib.nullcontext()
     if device.type == "cpu":
-        if precision == "bf16" or (precision == "auto" and cpu_has_fast_bf16()):
-            return torch.autocast("cpu", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        return torch.autocast("cpu", dtype=torch.bfloat16) if cpu_uses_bf16(precision) else contextlib.nullcontext()
     if device.type == "cuda":
         dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.autocast("cuda", dtype=dtype)

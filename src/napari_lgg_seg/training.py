@@ -22,7 +22,7 @@ import torch.distributed as dist
 
 from .config import TrainConfig
 from .data import SliceStore, index_patients, sample_crop_origins, split_patients
-from .inference import autocast_context, resolve_device
+from .inference import autocast_context, cpu_uses_bf16, resolve_device
 from .io import atomic_write_csv, atomic_write_text
 from .losses import make_loss
 from .metrics import score_patient, summarize
@@ -104,7 +104,7 @@ def training_memory_format(device: torch.device, precision: str = "auto") -> tor
     """
     if device.type == "cuda":
         return torch.channels_last
-    if device.type == "cpu" and autocast_context(device, precision).__class__ is torch.autocast:
+    if device.type == "cpu" and cpu_uses_bf16(precision):
         return torch.channels_last
     return torch.contiguous_format
 
