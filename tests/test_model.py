@@ -217,3 +217,28 @@ def test_training_size_from_the_config():
     assert training_size({"image_size": 64}) == 64
     assert training_size({}) == training_size(None) == training_size({"image_size": "x"}) == 256
     assert LoadedModel(UNet(ModelConfig(features=(4, 8, 16, 32), bottleneck=32)), {"image_size": 128}).training_size == 128
+
+
+def test_average_checkpoints_is_the_mean_of_the_weights(tmp_path):
+    from napari_lgg_seg.model import average_checkpoints
+
+    paths = [make_tiny_checkpoint(tmp_path / f"e{i}.pt", seed=i, meta={"epochs_done": i}) for i in (1, 2, 3)]
+    out = tmp_path / "avg.pt"
+    averaged = average_checkpoints(paths, out)
+    states = [load_model(p).model.state_dict() for p in paths]
+    reloaded = load_model(out)
+    for key, value in reloaded.model.state_dict().items():
+        if value.is_floating_point():
+            torch.testing.assert_close(value, sum(s[key] for s in states) / 3)
+    assert reloaded.meta["epochs_done"] == 3 and len(reloaded.meta["averaged_from"]) == 3
+    assert averaged.path == str(out)
+
+
+def test_average_of_different_architectures_raises(tmp_path):
+    from napari_lgg_seg.model import average_checkpoints
+
+    tiny = make_tiny_checkpoint(tmp_path / "tiny.pt")
+    save_checkpoint(tmp_path / "full.pt", UNet())
+    with pytest.raises(CheckpointError, match="architectures differ"):
+        average_checkpoints([tiny, tmp_path / "full.pt"], tmp_path / "avg.pt")
+    assert not (tmp_path / "avg.pt").exists()

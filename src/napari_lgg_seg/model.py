@@ -253,3 +253,31 @@ def load_model_or_default(weights: str | os.PathLike | None, device: str | torch
         raise CheckpointError("no default model is installed; pass --weights PATH (a checkpoint such as a "
                               "training run's best.pt).")
     return load_model(path, device=device)
+
+
+def average_checkpoints(paths: list[str | os.PathLike], out: str | os.PathLike) -> LoadedModel:
+    """Average the weights of checkpoints of one architecture (e.g. a run's last epochs) into ``out``.
+
+    Floating-point tensors (weights and BatchNorm statistics) are averaged, integer ones (BatchNorm's
+    batch counter) are taken from the last checkpoint; config and metadata are the last checkpoint's, with
+    ``meta["averaged_from"]`` listing the inputs.
+    """
+    if not paths:
+        raise ValueError("no checkpoints to average")
+    models = [load_model(p) for p in paths]
+    shapes = [{k: tuple(v.shape) for k, v in m.model.state_dict().items()} for m in models]
+    if any(s != shapes[0] for s in shapes[1:]):
+        raise CheckpointError(f"cannot average {', '.join(map(str, paths))}: their architectures differ.")
+    states = [m.model.state_dict() for m in models]
+    averaged = {}
+    for key, last in states[-1].items():
+        if last.is_floating_point():
+            averaged[key] = torch.stack([s[key].float() for s in states]).mean(0).to(last.dtype)
+        else:
+            averaged[key] = last.clone()
+    result = models[-1]
+    result.model.load_state_dict(averaged)
+    result.meta = {**result.meta, "averaged_from": [str(Path(p).resolve()) for p in paths]}
+    save_checkpoint(out, result.model, config=result.config, meta=result.meta)
+    result.path = str(out)
+    return result
