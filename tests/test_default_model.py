@@ -75,10 +75,10 @@ def test_make_default_model_chooses_on_validation_and_never_replaces_a_better_mo
     model that did better on the same validation patients is kept byte for byte unless --force is given."""
     module = _training_script("make_default_model")
     run, out = tmp_path / "run", tmp_path / "shipped" / "model.pt"
-    split = _phantom_run(run, phantom_root, (1, 2))
+    split = _phantom_run(run, phantom_root, (1, 2, 3))
     common = ["--run", str(run), "--data", str(phantom_root), "--out", str(out), "--device", "cpu"]
 
-    assert module.main([*common, "--checkpoint", "epoch_1.pt", "epoch_2.pt", "--average"]) == 0
+    assert module.main([*common, "--checkpoint", "epoch_1.pt", "epoch_2.pt", "--average", "epoch_2.pt", "epoch_3.pt"]) == 0
     card = json.loads(out.with_suffix(".json").read_text())
     assert set(card["meta"]["validation"]["candidates"]) == {"epoch_1.pt", "epoch_2.pt", "averaged.pt"}
     assert (run / "averaged.pt").is_file()

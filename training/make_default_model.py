@@ -1,7 +1,7 @@
 """Turn a training run into the shipped default model.
 
-1. for each candidate checkpoint of the run (default: best.pt; ``--average`` adds the weight average of the
-   candidates), choose threshold / TTA / 3D post-processing on the run's VALIDATION patients only, and keep the
+1. for each candidate checkpoint of the run (default: best.pt; ``--average`` adds the weight average of some
+   checkpoints, e.g. the last epochs' snapshots), choose threshold / TTA / 3D post-processing on the run's VALIDATION patients only, and keep the
    candidate with the best validation per-patient Dice;
 2. refuse to replace a shipped model that did better on the same validation patients (``--force`` overrides),
    before anything is computed on the test patients;
@@ -85,8 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", nargs="+", required=True)
     parser.add_argument("--checkpoint", nargs="+", default=["best.pt"],
                         help="candidate checkpoints in the run folder (the best on validation is shipped)")
-    parser.add_argument("--average", action="store_true",
-                        help="also try the weight average of the candidates (written to the run as averaged.pt)")
+    parser.add_argument("--average", nargs="+", default=[], metavar="CHECKPOINT",
+                        help="one more candidate: the weight average of these checkpoints in the run folder "
+                             "(written to the run as averaged.pt)")
     parser.add_argument("--out", default=str(DEFAULT_MODEL_PATH))
     parser.add_argument("--force", action="store_true",
                         help="replace the model at --out even if it did better on the same validation patients")
@@ -102,9 +103,9 @@ def main(argv: list[str] | None = None) -> int:
 
     candidates = [run / name for name in args.checkpoint]
     if args.average:
-        if len(candidates) < 2:
-            parser.error("--average needs at least two --checkpoint files")
-        average_checkpoints(candidates, run / "averaged.pt")
+        if len(args.average) < 2:
+            parser.error("--average needs at least two checkpoints")
+        average_checkpoints([run / name for name in args.average], run / "averaged.pt")
         candidates.append(run / "averaged.pt")
     splits = {json.dumps(load_model(path).meta.get("split"), sort_keys=True) for path in candidates}
     if len(splits) > 1:
