@@ -71,7 +71,7 @@ def test_shipped_configs_parse_and_share_the_split():
 
 def test_short_run_writes_files_and_loadable_checkpoints(phantom_root, tmp_path):
     out = tmp_path / "run"
-    reports = run(tiny_config(), [phantom_root], out)
+    reports = run(tiny_config(keep_epoch_checkpoints=True), [phantom_root], out)
     kinds = [r["kind"] for r in reports]
     assert kinds[0] == "start" and kinds[-1] == "done"
     assert kinds.count("epoch") == 2 and kinds.count("step") == 6
@@ -94,6 +94,11 @@ def test_short_run_writes_files_and_loadable_checkpoints(phantom_root, tmp_path)
     last = read_checkpoint(out / "last.pt")
     assert last["train_state"]["epoch"] == 2 and last["train_state"]["step"] == 6
     assert reports[-1]["best_path"] == str(out / "best.pt") and not reports[-1]["stopped"]
+    # keep_epoch_checkpoints: each epoch's weights, the last one equal to last.pt's
+    assert sorted(p.name for p in out.glob("epoch_*.pt")) == ["epoch_1.pt", "epoch_2.pt"]
+    assert load_model(out / "epoch_1.pt").meta["epochs_done"] == 1
+    for key, value in load_model(out / "epoch_2.pt").model.state_dict().items():
+        assert torch.equal(value, last["state_dict"][key]), key
 
 
 def test_default_model_size_is_unchanged():

@@ -54,6 +54,8 @@ class TrainConfig:
     init_weights: str = ""
     threshold: float = 0.5
     cache_dir: str = ""
+    # also keep each epoch's weights as epoch_<N>.pt (model only), e.g. to average the last epochs
+    keep_epoch_checkpoints: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
