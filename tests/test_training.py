@@ -182,6 +182,10 @@ def test_fine_tune_takes_the_start_checkpoints_architecture(phantom_root, tmp_pa
     assert ckpt["model_config"]["features"] == TINY["features"]
     assert ckpt["config"]["model_features"] == TINY["features"]
     assert ckpt["meta"]["init_weights"] == str(tiny_checkpoint)
+    # a resumed fine-tuning run keeps its start checkpoint in the card (make_default_model follows it)
+    run(config, [phantom_root], tmp_path / "ft", resume=True, epochs=2)
+    for name in ("best.pt", "last.pt"):
+        assert read_checkpoint(tmp_path / "ft" / name)["meta"]["init_weights"] == str(tiny_checkpoint), name
 
 
 def _write_toml(path: Path, config: TrainConfig) -> None:

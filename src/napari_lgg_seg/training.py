@@ -255,6 +255,9 @@ def train(
     init_meta = {}
     if resume_state is not None:
         model = UNet(ModelConfig.from_dict(resume_state["model_config"]))
+        # a resumed fine-tuning run keeps its start checkpoint in the card (the chain of training stages)
+        if resume_state["meta"].get("init_weights"):
+            init_meta = {"init_weights": resume_state["meta"]["init_weights"]}
     elif config.init_weights:
         # fine-tuning: the architecture is the start checkpoint's, whatever the config says
         model = load_model(config.init_weights).model
