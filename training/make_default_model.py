@@ -107,20 +107,18 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("--average needs at least two checkpoints")
         average_checkpoints([run / name for name in args.average], run / "averaged.pt")
         candidates.append(run / "averaged.pt")
-    splits = {json.dumps(load_model(path).meta.get("split"), sort_keys=True) for path in candidates}
-    if len(splits) > 1:
+    models = {path: load_model(path) for path in candidates}
+    if len({json.dumps(m.meta.get("split"), sort_keys=True) for m in models.values()}) > 1:
         parser.error("the candidate checkpoints were trained on different patient splits")
-    choices = []
-    for path in candidates:
-        loaded = load_model(path)
-        choice = validation_choice(loaded, args.data, loaded.meta["split"]["val"], args.device, log)
+    choices = {}
+    for path, candidate in models.items():
+        choice = validation_choice(candidate, args.data, candidate.meta["split"]["val"], args.device, log)
         log(f"{path.name}: validation raw (0.5, no clean-up) Dice {choice['raw']['patient_dice_mean']:.4f}, chosen "
             f"{choice['settings']} -> {choice['chosen']['patient_dice_mean']:.4f} "
             f"(FP rate {choice['chosen']['empty_slice_fp_rate']:.3f})")
-        choices.append((choice["chosen"]["patient_dice_mean"], str(path), choice))
-    _, checkpoint, choice = max(choices, key=lambda c: c[0])
-    checkpoint = Path(checkpoint)
-    loaded = load_model(checkpoint)
+        choices[path] = choice
+    checkpoint = max(choices, key=lambda path: choices[path]["chosen"]["patient_dice_mean"])
+    loaded, choice = models[checkpoint], choices[checkpoint]
     split = loaded.meta["split"]
     settings, best, raw = choice["settings"], choice["chosen"], choice["raw"]
 
@@ -147,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
         "name": "lgg_unet_default",
         "inference": settings,
         "validation": {"chosen": best, "raw": raw, "grid_rows": choice["grid_rows"],
-                       "candidates": {Path(path).name: round(dice, 4) for dice, path, _ in choices}},
+                       "candidates": {path.name: round(c["chosen"]["patient_dice_mean"], 4)
+                                      for path, c in choices.items()}},
         "test": {"summary": test["summary"], "summary_raw": test_raw["summary"], "patients": test["patients"]},
         "source_checkpoint": str(checkpoint.resolve()),
         "published": {"buda2019_patient_dice_mean_cv": 0.82, "expert_readers_dice": "0.84 +- 0.02",

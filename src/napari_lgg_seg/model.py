@@ -265,16 +265,13 @@ def average_checkpoints(paths: list[str | os.PathLike], out: str | os.PathLike) 
     if not paths:
         raise ValueError("no checkpoints to average")
     models = [load_model(p) for p in paths]
-    shapes = [{k: tuple(v.shape) for k, v in m.model.state_dict().items()} for m in models]
-    if any(s != shapes[0] for s in shapes[1:]):
-        raise CheckpointError(f"cannot average {', '.join(map(str, paths))}: their architectures differ.")
     states = [m.model.state_dict() for m in models]
-    averaged = {}
-    for key, last in states[-1].items():
-        if last.is_floating_point():
-            averaged[key] = torch.stack([s[key].float() for s in states]).mean(0).to(last.dtype)
-        else:
-            averaged[key] = last.clone()
+    shapes = [{k: v.shape for k, v in state.items()} for state in states]
+    if any(s != shapes[-1] for s in shapes):
+        raise CheckpointError(f"cannot average {', '.join(map(str, paths))}: their architectures differ.")
+    averaged = {key: torch.stack([s[key].float() for s in states]).mean(0).to(last.dtype)
+                if last.is_floating_point() else last
+                for key, last in states[-1].items()}
     result = models[-1]
     result.model.load_state_dict(averaged)
     result.meta = {**result.meta, "averaged_from": [str(Path(p).resolve()) for p in paths]}

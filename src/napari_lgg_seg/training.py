@@ -389,9 +389,9 @@ def train(
             if improved or val_store is None:
                 best = metric if not math.isnan(metric) else best
                 atomic_torch_save(checkpoint_dict(model, config.to_dict(), {**meta, "best_epoch": epoch + 1}), out / BEST)
-            if config.keep_epoch_checkpoints:
-                atomic_torch_save(checkpoint_dict(model, config.to_dict(), meta), out / f"epoch_{epoch + 1}.pt")
             ckpt = checkpoint_dict(model, config.to_dict(), meta)
+            if config.keep_epoch_checkpoints:  # the weights and card of last.pt, without the training state
+                atomic_torch_save(ckpt, out / f"epoch_{epoch + 1}.pt")
             ckpt["train_state"] = {
                 "optimizer": optimizer.state_dict(), "scheduler": plateau.state_dict(),
                 "rng": _rng_state(rng, gen), "epoch_rng": json.dumps(epoch_rng.bit_generator.state),
