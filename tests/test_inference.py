@@ -304,3 +304,24 @@ def test_postprocess_takes_a_single_slice():
     mask = postprocess(probs, settings)
     assert mask.shape == (32, 32) and int(mask.sum()) == 36
     np.testing.assert_array_equal(mask, postprocess(probs[None], settings)[0])
+
+
+def test_result_does_not_depend_on_the_batch_size_with_the_head_crop(tiny_model):
+    """The head crop is one box for the whole volume (issue 13): slices whose heads differ in size give the same
+    probabilities whatever the batch size (a per-batch box changed the network's input and so the result)."""
+    images, _ = make_phantom(n_slices=9, size=96, seed=3)
+    images[:3, :, :30] = 0  # the first slices' heads are narrower: a per-batch box would differ between batches
+    runs = [predict_volume(tiny_model, images, device="cpu", batch_size=b, precision="fp32") for b in (1, 2, 3, 16)]
+    for probs in runs[1:]:
+        np.testing.assert_allclose(probs, runs[0], atol=1e-6, rtol=0)
+
+
+def test_resize_images_and_probabilities_round_trip():
+    images, _ = make_phantom(n_slices=2, size=64, seed=0)
+    small = inference.resize_images(images, (32, 32))
+    assert small.shape == (2, 32, 32, 3) and small.dtype == np.uint8
+    mask = np.zeros((2, 64, 64), np.float32)
+    mask[:, 16:48, 16:48] = 1
+    back = inference.resize_probabilities(inference.resize_probabilities(mask, (32, 32)), (64, 64)).numpy()
+    assert back.shape == (2, 64, 64) and 0 <= back.min() and back.max() <= 1
+    assert ((back >= 0.5) == (mask >= 0.5)).mean() > 0.98

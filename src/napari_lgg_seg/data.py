@@ -143,13 +143,14 @@ class SliceStore:
 
 
 def _resize_pair(images: np.ndarray, masks: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Images and masks at ``size`` x ``size``: the images the way inference resizes them
+    (``inference.resize_images``), the masks by area averaging then a 0.5 threshold."""
     import torch
-    import torch.nn.functional as F
 
-    t = torch.from_numpy(images).permute(0, 3, 1, 2).float()
-    t = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False)
-    m = F.interpolate(torch.from_numpy(masks)[:, None].float(), size=(size, size), mode="nearest")
-    return (t.round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy().copy(), m[:, 0].byte().numpy().copy())
+    from .inference import resize_images, resize_probabilities
+
+    m = resize_probabilities(torch.from_numpy(masks).float(), (size, size))
+    return resize_images(images, (size, size)), (m >= 0.5).to(torch.uint8).numpy()
 
 
 def sample_crop_origins(

@@ -180,8 +180,8 @@ def iter_predict_volume(
 
     ``images`` is (Z, H, W, 3) uint8; ``probs`` is (Z, H, W) float32 tumour probability. Slices
     without head (all pixels dark) get probability 0 without running the network. With
-    ``crop_to_head`` each batch is cropped to the head's bounding box (plus a margin) and pasted
-    back. ``tta`` averages the prediction with that of the left-right flipped image.
+    ``crop_to_head`` every slice is cropped to the head's bounding box over the whole volume (plus a
+    margin) and pasted back, so a result never depends on the batch size. ``tta`` averages the prediction with that of the left-right flipped image.
     """
     images = np.asarray(images)
     if images.ndim == 3:
@@ -200,6 +200,7 @@ def iter_predict_volume(
     if skip_empty:
         indices = indices[(images > HEAD_THRESHOLD).reshape(z, -1).any(axis=1)]
     done = z - indices.size
+    rows, cols = head_bounding_box(images[indices]) if crop_to_head and indices.size else (slice(0, h), slice(0, w))
     yield done, z, None
     param = next(model.parameters())
     if param.device != dev:
@@ -207,9 +208,7 @@ def iter_predict_volume(
     with torch.inference_mode(), autocast_context(dev, precision):
         for start in range(0, indices.size, batch_size):
             idx = indices[start:start + batch_size]
-            batch = images[idx]
-            rows, cols = head_bounding_box(batch) if crop_to_head else (slice(0, h), slice(0, w))
-            x = to_tensor_batch(batch[:, rows, cols])
+            x = to_tensor_batch(images[idx][:, rows, cols])
             x = normalize(x, stats_t.expand(len(idx), -1, -1))
             x, (ch, cw) = pad_to_multiple(x)
             x = x.to(dev).contiguous(memory_format=torch.channels_last)
@@ -268,6 +267,18 @@ def _resize_stack(t: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(t, size=tuple(shape), mode="bilinear", align_corners=False, antialias=shrink)
 
 
+def resize_images(images: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """(Z, H, W, C) uint8 slices resized to ``shape`` for the network (training and inference alike)."""
+    t = _resize_stack(torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float(), shape)
+    return np.ascontiguousarray(t.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy())
+
+
+def resize_probabilities(probs: np.ndarray | torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """(Z, H, W) probabilities (or a binary mask as float) resized to ``shape``, kept in [0, 1]."""
+    t = torch.as_tensor(probs, dtype=torch.float32)
+    return _resize_stack(t[:, None], shape)[:, 0].clamp(0, 1)
+
+
 def iter_predict_any_size(
     model: torch.nn.Module,
     images: np.ndarray,
@@ -285,12 +296,10 @@ def iter_predict_any_size(
     if shape == (h, w):
         yield from iter_predict_volume(model, images, **kwargs)
         return
-    t = _resize_stack(torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float(), shape)
-    resized = np.ascontiguousarray(t.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy())
+    resized = resize_images(images, shape)
     for done, total, probs in iter_predict_volume(model, resized, **kwargs):
         if probs is not None:
-            back = _resize_stack(torch.from_numpy(probs)[:, None], (h, w))[:, 0]
-            probs = back.clamp(0, 1).numpy().astype(np.float32, copy=False)
+            probs = resize_probabilities(probs, (h, w)).numpy().astype(np.float32, copy=False)
         yield done, total, probs
 
 
