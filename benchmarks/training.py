@@ -126,8 +126,7 @@ class Variant:
             idx = np.where(from_tumour, tumour[self.rng.integers(tumour.size, size=c.batch_size)], idx)
         x, y, stats = training._make_batch(store, idx, from_tumour, c, self.rng)
         x = normalize(x, stats)
-        x, y = augment_batch(x, y, self.gen, flip=c.flip, rotate_degrees=c.rotate_degrees,
-                             scale=(c.scale_min, c.scale_max), intensity=c.intensity)
+        x, y = augment_batch(x, y, self.gen, c.augmentation())
         x, y = x.to(self.device), y.to(self.device)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)

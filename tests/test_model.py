@@ -242,3 +242,18 @@ def test_average_of_different_architectures_raises(tmp_path):
     with pytest.raises(CheckpointError, match="architectures differ"):
         average_checkpoints([tiny, tmp_path / "full.pt"], tmp_path / "avg.pt")
     assert not (tmp_path / "avg.pt").exists()
+
+
+@pytest.mark.parametrize("norm", ["batch", "group", "instance"])
+def test_norm_choice_keeps_the_parameter_count_and_round_trips(tmp_path, norm):
+    model = UNet(ModelConfig(norm=norm))
+    assert count_parameters(model) == 7_765_985
+    small = UNet(ModelConfig(features=(4, 8, 16, 32), bottleneck=32, norm=norm))
+    save_checkpoint(tmp_path / "m.pt", small)
+    assert load_model(tmp_path / "m.pt").model.config.norm == norm
+    with pytest.raises(ValueError, match="norm must be one of"):
+        UNet(ModelConfig(norm="layer"))
+
+
+def test_a_card_without_norm_is_batch_norm():
+    assert ModelConfig.from_dict({"features": [4, 8, 16, 32], "bottleneck": 32}).norm == "batch"

@@ -18,6 +18,7 @@ from conftest import TINY
 from napari_lgg_seg import cli
 from napari_lgg_seg._testing import disk_full_on_atomic_writes
 from napari_lgg_seg.config import TrainConfig
+from napari_lgg_seg.data import split_patients
 from napari_lgg_seg.model import CheckpointError, load_model, read_checkpoint
 from napari_lgg_seg.training import train
 
@@ -63,8 +64,14 @@ def test_shipped_configs_parse_and_share_the_split():
         assert (c.lr, c.batch_size, c.scheduler, c.crop_size) == (1e-3, 8, "plateau", None)
         assert (c.plateau_factor, c.plateau_patience) == (0.5, 3)
         assert (c.seed, c.val_fraction, c.test_fraction) == (0, 0.1, 0.2)
-    key = {(c.seed, c.val_fraction, c.test_fraction, tuple(c.train_patients)) for c in loaded.values()}
-    assert len(key) == 1  # same split for every experiment
+    # the same test patients for every experiment; default_all trains the shipped model on every patient
+    ids = [f"P{i:02d}" for i in range(66)]
+    tests = {name: tuple(split_patients(ids, val_fraction=c.val_fraction, test_fraction=c.test_fraction,
+                                        seed=c.seed)["test"]) for name, c in loaded.items() if name != "default_all"}
+    assert len(set(tests.values())) == 1 and len(next(iter(tests.values()))) == 13
+    assert loaded["default_all"].test_fraction == 0 and loaded["default_all"].val_fraction == 0
+    recipe = {k: v for k, v in loaded["default"].to_dict().items() if k not in ("name", "test_fraction")}
+    assert recipe == {k: v for k, v in loaded["default_all"].to_dict().items() if k not in ("name", "test_fraction")}
 
 
 # --- a short run ----------------------------------------------------------------------------------------------------
@@ -265,3 +272,31 @@ def test_memory_format_follows_the_precision():
     cpu = torch.device("cpu")
     assert training_memory_format(cpu, "fp32") == torch.contiguous_format  # channels_last trains slower in fp32
     assert training_memory_format(cpu, "bf16") == torch.channels_last
+
+
+def test_validation_scores_missing_sequences_and_validate_every(phantom_root, tmp_path):
+    """The training's validation also reports the patients made FLAIR-only / without post-contrast; with
+    validate_every it validates every N epochs and after the last."""
+    reports = run(tiny_config(epochs=3, val_conditions=["flair_only", "no_post"], validate_every=2,
+                              missing_both=0.5, missing_post=0.2, gamma=0.2, noise=0.05), [phantom_root],
+                  tmp_path / "run")
+    epochs = [r for r in reports if r["kind"] == "epoch"]
+    assert [("val_flair_only_patient_dice_mean" in r, "val_no_post_patient_dice_mean" in r) for r in epochs] == [
+        (False, False), (True, True), (True, True)]
+    rows = list(csv.DictReader(open(tmp_path / "run" / "metrics.csv")))
+    assert rows[1]["val_flair_only_patient_dice_mean"] != ""
+
+
+def test_group_norm_recipe_trains_and_reloads(phantom_root, tmp_path):
+    reports = run(tiny_config(model_norm="group", epochs=1), [phantom_root], tmp_path / "run")
+    assert reports[-1]["kind"] == "done"
+    loaded = load_model(tmp_path / "run" / "last.pt")
+    assert loaded.model.config.norm == "group"
+    assert any(isinstance(m, torch.nn.GroupNorm) for m in loaded.model.modules())
+
+
+def test_new_config_fields_are_checked():
+    for bad in (dict(missing_both=0.7, missing_post=0.5), dict(missing_pre=-0.1), dict(gamma=-1.0),
+                dict(val_conditions=["no_flair"]), dict(scale_min=1.2, scale_max=1.1)):
+        with pytest.raises(ValueError):
+            tiny_config(**bad).validate()

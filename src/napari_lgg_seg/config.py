@@ -15,6 +15,7 @@ class TrainConfig:
     # model size (U-Net channels per level and at the bottleneck; the defaults are the shipped model's)
     model_features: list[int] = field(default_factory=lambda: [32, 64, 128, 256])
     model_bottleneck: int = 512
+    model_norm: str = "batch"  # "batch" or "instance" (model.NORMS)
     # loss
     loss: str = "weighted_bce_dice"  # "bce_dice" (baseline) or "weighted_bce_dice"
     pos_weight: float = 3.0
@@ -37,7 +38,13 @@ class TrainConfig:
     rotate_degrees: float = 15.0
     scale_min: float = 0.9
     scale_max: float = 1.1
-    intensity: float = 0.1
+    intensity: float = 0.1  # per-channel gain / shift in standardised units
+    gamma: float = 0.0  # per-channel gamma exp(U(-gamma, gamma))
+    noise: float = 0.0  # Gaussian noise, per-sample std in U(0, noise)
+    # missing-sequence augmentation: share of samples with FLAIR copied into pre+post / post only / pre only
+    missing_both: float = 0.0
+    missing_post: float = 0.0
+    missing_pre: float = 0.0
     # data split (by patient)
     seed: int = 0
     val_fraction: float = 0.15
@@ -50,6 +57,9 @@ class TrainConfig:
     precision: str = "auto"  # "auto" (bf16 where the CPU/GPU is fast at it), "bf16", "fp32"
     num_threads: int = 0  # 0: torch's default
     val_batch_size: int = 16
+    # validation also scores these simulated missing-sequence conditions (transforms.MISSING_SEQUENCES)
+    val_conditions: list[str] = field(default_factory=lambda: ["flair_only"])
+    validate_every: int = 1  # validate every N epochs (and always after the last)
     # start from weights (fine-tuning); "" for scratch
     init_weights: str = ""
     threshold: float = 0.5
@@ -59,6 +69,15 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def augmentation(self):
+        """The ``transforms.Augmentation`` this config trains with."""
+        from .transforms import Augmentation
+
+        return Augmentation(flip=self.flip, rotate_degrees=self.rotate_degrees, scale=(self.scale_min, self.scale_max),
+                            intensity=self.intensity, gamma=self.gamma, noise=self.noise,
+                            missing_both=self.missing_both, missing_post=self.missing_post,
+                            missing_pre=self.missing_pre)
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
@@ -92,5 +111,15 @@ class TrainConfig:
             raise ValueError("model_features and model_bottleneck must be positive channel counts")
         if self.batch_size < 1 or self.epochs < 1:
             raise ValueError("batch_size and epochs must be positive")
+        shares = (self.missing_both, self.missing_post, self.missing_pre)
+        if any(not 0 <= v <= 1 for v in shares) or sum(shares) > 1:
+            raise ValueError("missing_both, missing_post and missing_pre must be shares in [0, 1] summing to at most 1")
+        if min(self.gamma, self.noise, self.intensity, self.rotate_degrees) < 0 or not 0 < self.scale_min <= self.scale_max:
+            raise ValueError("gamma, noise, intensity and rotate_degrees must be >= 0 and 0 < scale_min <= scale_max")
+        from .transforms import MISSING_SEQUENCES
+
+        unknown = [c for c in self.val_conditions if c not in MISSING_SEQUENCES]
+        if unknown:
+            raise ValueError(f"val_conditions: unknown condition(s) {unknown}; choose from {', '.join(MISSING_SEQUENCES)}")
         if not 0 <= self.val_fraction < 1 or not 0 <= self.test_fraction < 1:
             raise ValueError("val_fraction and test_fraction must be in [0, 1)")

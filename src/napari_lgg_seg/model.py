@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import io as _io
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ class ModelConfig:
     out_channels: int = 1
     features: tuple[int, ...] = (32, 64, 128, 256)
     bottleneck: int = 512
+    norm: str = "batch"  # "batch", "group" (GroupNorm, 8 groups) or "instance": see NORMS
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -36,20 +38,36 @@ class ModelConfig:
         d = dict(d)
         if "features" in d:
             d["features"] = tuple(int(f) for f in d["features"])
-        known = {k: d[k] for k in ("in_channels", "out_channels", "features", "bottleneck") if k in d}
+        known = {k: d[k] for k in ("in_channels", "out_channels", "features", "bottleneck", "norm") if k in d}
         return cls(**known)
 
 
-class DoubleConv(nn.Sequential):
-    """(3x3 conv, BatchNorm, ReLU) twice."""
+# "group" and "instance" normalise each slice with its own statistics, so inference normalises exactly as training
+# did; BatchNorm's running statistics come from the augmented training batches and can misfit real slices.
+NORMS = ("batch", "group", "instance")
+NORM_GROUPS = 8
 
-    def __init__(self, in_channels: int, out_channels: int) -> None:
+
+def _norm_layer(norm: str, channels: int) -> nn.Module:
+    if norm == "batch":
+        return nn.BatchNorm2d(channels)
+    if norm == "group":
+        return nn.GroupNorm(math.gcd(NORM_GROUPS, channels), channels)
+    if norm == "instance":
+        return nn.InstanceNorm2d(channels, affine=True)
+    raise ValueError(f"norm must be one of {', '.join(NORMS)}, not {norm!r}")
+
+
+class DoubleConv(nn.Sequential):
+    """(3x3 conv, normalisation, ReLU) twice."""
+
+    def __init__(self, in_channels: int, out_channels: int, norm: str = "batch") -> None:
         super().__init__(
             nn.Conv2d(in_channels, out_channels, 3, padding=1),
-            nn.BatchNorm2d(out_channels),
+            _norm_layer(norm, out_channels),
             nn.ReLU(inplace=True),
             nn.Conv2d(out_channels, out_channels, 3, padding=1),
-            nn.BatchNorm2d(out_channels),
+            _norm_layer(norm, out_channels),
             nn.ReLU(inplace=True),
         )
 
@@ -67,16 +85,16 @@ class UNet(nn.Module):
         self.encoders = nn.ModuleList()
         channels = c.in_channels
         for f in c.features:
-            self.encoders.append(DoubleConv(channels, f))
+            self.encoders.append(DoubleConv(channels, f, c.norm))
             channels = f
         self.pool = nn.MaxPool2d(2)
-        self.bottleneck = DoubleConv(channels, c.bottleneck)
+        self.bottleneck = DoubleConv(channels, c.bottleneck, c.norm)
         self.upsamples = nn.ModuleList()
         self.decoders = nn.ModuleList()
         channels = c.bottleneck
         for f in reversed(c.features):
             self.upsamples.append(nn.ConvTranspose2d(channels, f, kernel_size=2, stride=2))
-            self.decoders.append(DoubleConv(2 * f, f))
+            self.decoders.append(DoubleConv(2 * f, f, c.norm))
             channels = f
         self.head = nn.Conv2d(channels, c.out_channels, kernel_size=1)
 

@@ -28,7 +28,15 @@ from .losses import make_loss
 from .metrics import score_patient, summarize
 from .model import ModelConfig, UNet, atomic_torch_save, checkpoint_dict, load_model, read_checkpoint
 from .plots import save_curve_pngs, save_prediction_grid
-from .transforms import augment_batch, normalize, pad_to_multiple, to_tensor_batch
+from .transforms import (
+    FLAIR,
+    MISSING_SEQUENCES,
+    augment_batch,
+    normalize,
+    pad_to_multiple,
+    simulate_missing_sequences,
+    to_tensor_batch,
+)
 
 BEST = "best.pt"
 LAST = "last.pt"
@@ -154,32 +162,46 @@ def _make_batch(store: SliceStore, idx: np.ndarray, from_tumour: np.ndarray, con
 @torch.no_grad()
 def evaluate_store(model: torch.nn.Module, store: SliceStore, device: torch.device, *, precision: str = "auto",
                    batch_size: int = 16, threshold: float = 0.5, loss_fn: Callable | None = None,
-                   keep_probabilities: bool = False) -> dict:
-    """Per-patient scores (and mean loss) of a model on every patient of a store; whole slices."""
+                   keep_probabilities: bool = False, conditions: tuple[str, ...] | list[str] = ()) -> dict:
+    """Per-patient scores (and mean loss) of a model on every patient of a store; whole slices.
+
+    ``conditions`` (names of ``transforms.MISSING_SEQUENCES``) are scored too, with the sequences
+    replaced by FLAIR the way the dataset stores a patient lacking them: ``result["conditions"][name]``.
+    """
     model.eval()
     scores, losses, probabilities = [], [], {}
+    by_condition: dict[str, list] = {c: [] for c in conditions if c != "intact"}
     for i, pid in enumerate(store.patient_ids):
         sl = store.patient_slices(i)
-        imgs, truth = store.images[sl], store.masks[sl]
-        probs = np.zeros(truth.shape, np.float32)
-        for start in range(0, len(imgs), batch_size):
-            x = to_tensor_batch(imgs[start:start + batch_size])
-            st = torch.from_numpy(store.stats[sl][start:start + batch_size])
-            x, (h, w) = pad_to_multiple(normalize(x, st))
-            x = x.to(device).contiguous(memory_format=training_memory_format(device, precision))
-            with autocast_context(device, precision):
-                logits = model(x)[:, :, :h, :w].float()
-            if loss_fn is not None:
-                y = torch.from_numpy(truth[start:start + batch_size])[:, None].float().to(device)
-                losses.append((float(loss_fn(logits, y)), len(x)))
-            probs[start:start + len(x)] = torch.sigmoid(logits)[:, 0].cpu().numpy()
-        scores.append(score_patient(pid, probs >= threshold, truth))
-        if keep_probabilities:
-            probabilities[pid] = probs
+        truth = store.masks[sl]
+        for condition in ["intact", *by_condition]:
+            imgs = simulate_missing_sequences(store.images[sl], condition)
+            stats = store.stats[sl].copy()
+            for c in MISSING_SEQUENCES[condition]:  # a copied channel standardises like FLAIR
+                stats[:, :, c] = stats[:, :, FLAIR]
+            probs = np.zeros(truth.shape, np.float32)
+            for start in range(0, len(imgs), batch_size):
+                x = to_tensor_batch(imgs[start:start + batch_size])
+                x, (h, w) = pad_to_multiple(normalize(x, torch.from_numpy(stats[start:start + batch_size])))
+                x = x.to(device).contiguous(memory_format=training_memory_format(device, precision))
+                with autocast_context(device, precision):
+                    logits = model(x)[:, :, :h, :w].float()
+                if loss_fn is not None and condition == "intact":
+                    y = torch.from_numpy(truth[start:start + batch_size])[:, None].float().to(device)
+                    losses.append((float(loss_fn(logits, y)), len(x)))
+                probs[start:start + len(x)] = torch.sigmoid(logits)[:, 0].cpu().numpy()
+            patient_scores = score_patient(pid, probs >= threshold, truth)
+            if condition == "intact":
+                scores.append(patient_scores)
+                if keep_probabilities:
+                    probabilities[pid] = probs
+            else:
+                by_condition[condition].append(patient_scores)
     summary = summarize(scores)
     if losses:
         summary["loss"] = sum(v * n for v, n in losses) / sum(n for _, n in losses)
-    return {"summary": summary, "patients": scores, "probabilities": probabilities}
+    return {"summary": summary, "patients": scores, "probabilities": probabilities,
+            "conditions": {c: {"summary": summarize(s), "patients": s} for c, s in by_condition.items()}}
 
 
 def _rng_state(rng: np.random.Generator, gen: torch.Generator) -> dict:
@@ -262,11 +284,11 @@ def train(
         # fine-tuning: the architecture is the start checkpoint's, whatever the config says
         model = load_model(config.init_weights).model
         config = dataclasses.replace(config, model_features=list(model.config.features),
-                                     model_bottleneck=model.config.bottleneck)
+                                     model_bottleneck=model.config.bottleneck, model_norm=model.config.norm)
         init_meta = {"init_weights": str(config.init_weights)}
     else:
         model = UNet(ModelConfig(features=tuple(int(f) for f in config.model_features),
-                                 bottleneck=int(config.model_bottleneck)))
+                                 bottleneck=int(config.model_bottleneck), norm=config.model_norm))
     memory_format = training_memory_format(device, config.precision)
     model = model.to(device).to(memory_format=memory_format)
     net = model
@@ -276,6 +298,7 @@ def train(
     plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="max", factor=config.plateau_factor, patience=config.plateau_patience, min_lr=config.min_lr)
     loss_fn = make_loss(config.loss, config.pos_weight)
+    augmentation = config.augmentation()
     steps_per_epoch = config.steps_per_epoch or max(1, len(train_store.images) // (config.batch_size * ctx.world_size))
     total_steps = steps_per_epoch * config.epochs
 
@@ -326,11 +349,10 @@ def train(
             t0 = time.perf_counter()
             sel = slice(b * config.batch_size, (b + 1) * config.batch_size)
             x, y, stats = _make_batch(train_store, order[sel], from_tumour[sel], config, rng)
-            x = normalize(x, stats)
-            x, y = augment_batch(x, y, gen, flip=config.flip, rotate_degrees=config.rotate_degrees,
-                                 scale=(config.scale_min, config.scale_max), intensity=config.intensity)
-            x = x.to(device, non_blocking=True).contiguous(memory_format=memory_format)
-            y = y.to(device, non_blocking=True)
+            # augmentation runs where the network does (a GPU's cores, not the CPU's)
+            x = normalize(x.to(device, non_blocking=True), stats)
+            x, y = augment_batch(x, y.to(device, non_blocking=True), gen, augmentation)
+            x = x.contiguous(memory_format=memory_format)
             t1 = time.perf_counter()
             if config.scheduler == "cosine":
                 for group in optimizer.param_groups:
@@ -364,12 +386,16 @@ def train(
                   "data_share": data_time / max(data_time + compute_time, 1e-9),
                   "train_slices_per_s": seen * ctx.world_size / max(time.perf_counter() - epoch_start, 1e-9)}
         metric = float("nan")
-        if ctx.is_main and val_store is not None:
+        validate = (epoch + 1) % max(config.validate_every, 1) == 0 or epoch + 1 == config.epochs
+        if ctx.is_main and val_store is not None and validate:
             result = evaluate_store(model, val_store, device, precision=config.precision,
                                     batch_size=config.val_batch_size, threshold=config.threshold, loss_fn=loss_fn,
-                                    keep_probabilities=True)
+                                    keep_probabilities=True, conditions=config.val_conditions)
             s = result["summary"]
             record.update({f"val_{k}": v for k, v in s.items() if isinstance(v, float)})
+            for condition, r in result["conditions"].items():  # e.g. val_flair_only_patient_dice_mean
+                record.update({f"val_{condition}_{k}": v for k, v in r["summary"].items()
+                               if k in ("patient_dice_mean", "patient_dice_median") and isinstance(v, float)})
             metric = s[SELECTION_METRIC]
             pid = max(result["probabilities"], key=lambda p: int(val_store.masks[val_store.patient_slices(
                 val_store.patient_ids.index(p))].sum()))
