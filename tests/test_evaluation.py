@@ -44,6 +44,22 @@ def test_evaluate_folders_writes_csv_and_json(phantom_root, tiny64, tmp_path):
     assert saved["settings"]["weights"] == str(tiny64) and saved["settings"]["image_size"] == 64
 
 
+def test_evaluate_reports_missing_sequences_next_to_intact(phantom_root, tiny64, tmp_path):
+    """Each patient is also scored with pre/post replaced by FLAIR (and post only), as the dataset stores patients
+    lacking them; the per-patient Dice lost is summarised and written to the CSV."""
+    out = tmp_path / "eval"
+    result = evaluate_folders([str(phantom_root)], str(tiny64), device="cpu", batch_size=4, out=str(out))
+    assert set(result["conditions"]) == {"flair_only", "no_post"}
+    for name, summary in result["conditions"].items():
+        assert summary["patients"] == 3 and math.isfinite(summary["patient_dice_drop_mean"])
+        assert all(f"{name}_volume_dice" in row for row in result["patients"])
+    rows = list(csv.DictReader(open(out / "per_patient.csv")))
+    assert {"flair_only_volume_dice", "no_post_volume_dice"} <= set(rows[0])
+    assert set(json.loads((out / "summary.json").read_text())["conditions"]) == {"flair_only", "no_post"}
+    only = evaluate_folders([str(phantom_root)], str(tiny64), device="cpu", conditions=("intact",))
+    assert only["conditions"] == {} and only["summary"] == result["summary"]
+
+
 def test_evaluate_uses_card_defaults_unless_overridden(phantom_root, tmp_path):
     ckpt = make_tiny_checkpoint(tmp_path / "card.pt", meta={"inference": {"threshold": 1.01, "tta": True,
                                                                          "min_lesion_voxels": 7}}, image_size=None)

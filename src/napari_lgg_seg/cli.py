@@ -72,9 +72,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     result = evaluate_folders(args.data, args.weights, patients=args.patients, device=args.device,
                               batch_size=args.batch_size, tta=args.tta, out=args.out,
-                              progress=lambda text: _progress_line(text))
+                              progress=lambda text: _progress_line(text), conditions=args.conditions)
     print()
     print(json.dumps(result["summary"], indent=2))
+    for condition, summary in result["conditions"].items():
+        print(f"{condition}: per-patient Dice mean {summary['patient_dice_mean']:.4f} "
+              f"(intact {result['summary']['patient_dice_mean']:.4f}; lost {summary['patient_dice_drop_mean']:.4f} "
+              f"on average, {summary['patient_dice_drop_max']:.4f} at worst)")
     return 0
 
 
@@ -275,6 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", dest="batch_size", type=int, default=16)
     p.add_argument("--tta", action="store_true", default=None)
     p.add_argument("--out", help="folder for per_patient.csv and summary.json")
+    p.add_argument("--conditions", nargs="+", default=["intact", "flair_only", "no_post"],
+                   choices=["intact", "flair_only", "no_post", "no_pre"],
+                   help="also score with missing sequences simulated (FLAIR copied into pre+post / post / pre)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("segment", help="segment patient folders and write masks in the dataset layout")

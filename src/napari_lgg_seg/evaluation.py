@@ -28,6 +28,9 @@ DEFAULT_MIN_SIZES = (0, 50, 100, 250, 500)
 POSTPROCESSING_KEYS = ("threshold", "min_lesion_voxels", "keep_largest", "fill_holes")
 PATIENT_COLUMNS = ("patient_id", "slices", "tumour_slices", "truth_voxels", "pred_voxels", "volume_dice",
                    "slice_dice", "slice_iou", "tumour_slice_dice", "empty_slices", "empty_slices_with_fp", "seconds")
+# missing sequences simulated next to the intact images (transforms.MISSING_SEQUENCES): pre and post replaced by
+# FLAIR, post only, as the dataset stores patients lacking them
+CONDITIONS = ("intact", "flair_only", "no_post")
 
 
 def _nan_to_none(obj):
@@ -65,8 +68,9 @@ def write_results(out: str | os.PathLike, result: dict) -> tuple[Path, Path]:
     csv_path, json_path = out / "per_patient.csv", out / "summary.json"
     rows = ({k: ("" if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
             for row in result["patients"])
-    atomic_write_csv(csv_path, rows, list(PATIENT_COLUMNS), extrasaction="ignore")
-    payload = {"summary": result["summary"], "settings": result["settings"]}
+    columns = list(PATIENT_COLUMNS) + [f"{c}_volume_dice" for c in result.get("conditions", {})]
+    atomic_write_csv(csv_path, rows, columns, extrasaction="ignore")
+    payload = {"summary": result["summary"], "conditions": result.get("conditions", {}), "settings": result["settings"]}
     atomic_write_text(json_path, json.dumps(_nan_to_none(payload), indent=2))
     return csv_path, json_path
 
@@ -109,8 +113,13 @@ def evaluate_folders(
     postprocessing: dict | None = None,
     out: str | os.PathLike | None = None,
     progress: Callable[[str], None] | None = None,
+    conditions: Iterable[str] = CONDITIONS,
 ) -> dict:
-    """Score a model on labelled patients: ``{"summary", "patients" (rows), "settings"}``.
+    """Score a model on labelled patients: ``{"summary", "patients" (rows), "conditions", "settings"}``.
+
+    Each name in ``conditions`` other than "intact" scores the patients again with those sequences replaced
+    by FLAIR (``transforms.simulate_missing_sequences``): ``result["conditions"][name]`` holds its summary
+    and the mean per-patient Dice lost against the intact images, and every row gets ``<name>_volume_dice``.
 
     ``weights`` None means the shipped default model. TTA and post-processing default to the
     checkpoint card's inference settings; ``tta`` / ``postprocessing`` override them. With ``out``,
@@ -120,7 +129,9 @@ def evaluate_folders(
     from .inference import card_settings, postprocess, resolve_device
     from .io import load_patient
     from .model import load_model_or_default
+    from .transforms import simulate_missing_sequences
 
+    extra = [c for c in dict.fromkeys(conditions) if c != "intact"]
     dev = resolve_device(device)
     loaded = load_model_or_default(weights, dev)
     pp, use_tta = card_settings(loaded, tta, postprocessing)
@@ -129,6 +140,7 @@ def evaluate_folders(
     if not folders:
         raise ValueError("no patients to evaluate")
     scores: list[PatientScores] = []
+    by_condition: dict[str, list[PatientScores]] = {c: [] for c in extra}
     rows: list[dict] = []
     skipped: list[str] = []
     t_all = time.perf_counter()
@@ -147,10 +159,16 @@ def evaluate_folders(
 
         probs = predict_probabilities(loaded.model, patient.images, device=dev, batch_size=batch_size, tta=use_tta,
                                       image_size=size, progress=report)
-        pred = postprocess(probs, pp)
-        s = score_patient(pid, pred, patient.masks)
+        s = score_patient(pid, postprocess(probs, pp), patient.masks)
         scores.append(s)
-        rows.append(patient_row(s, time.perf_counter() - t0))
+        row = patient_row(s, time.perf_counter() - t0)
+        for condition in extra:
+            probs = predict_probabilities(loaded.model, simulate_missing_sequences(patient.images, condition),
+                                          device=dev, batch_size=batch_size, tta=use_tta, image_size=size)
+            scored = score_patient(pid, postprocess(probs, pp), patient.masks)
+            by_condition[condition].append(scored)
+            row[f"{condition}_volume_dice"] = scored.volume_dice
+        rows.append(row)
     if not scores:
         raise ValueError("none of the selected patients has mask files (<PATIENT>_<k>_mask.tif); nothing to score")
     settings = {
@@ -166,10 +184,19 @@ def evaluate_folders(
         "model_commit": loaded.meta.get("commit"),
         "seconds": time.perf_counter() - t_all,
     }
-    result = {"summary": summarize(scores), "patients": rows, "settings": settings}
+    result = {"summary": summarize(scores), "patients": rows, "settings": settings,
+              "conditions": {c: condition_summary(scores, by_condition[c]) for c in extra}}
     if out is not None:
         write_results(out, result)
     return result
+
+
+def condition_summary(intact: list[PatientScores], changed: list[PatientScores]) -> dict:
+    """Summary of the scores under a missing-sequence condition, with the per-patient Dice lost against intact
+    (mean and worst, over patients with tumour)."""
+    lost = [a.volume_dice - b.volume_dice for a, b in zip(intact, changed) if a.truth_voxels > 0]
+    return {**summarize(changed), "patient_dice_drop_mean": float(np.mean(lost)) if lost else float("nan"),
+            "patient_dice_drop_max": float(np.max(lost)) if lost else float("nan")}
 
 
 def load_labelled_patients(data_roots: list[str | os.PathLike], patients: list[str] | None = None,
