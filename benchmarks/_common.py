@@ -147,20 +147,22 @@ def load_cases(data: Path, extra: int, max_slices: int | None = None, phantom: b
 
 
 def load_weights(weights: Path | None, seed: int = 0):
-    """(UNet in eval mode on CPU, description, trained?) from --weights, the shipped model, or random init."""
+    """(UNet in eval mode on CPU, description, trained?, the slice size it was trained at) from --weights, the
+    shipped model, or random init."""
     import torch
 
-    from napari_lgg_seg.model import UNet, default_model_path, load_model
+    from napari_lgg_seg.model import DATASET_SLICE_SIZE, UNet, default_model_path, load_model
 
     if weights is not None:
         loaded = load_model(weights)
-        return loaded.model.float().eval(), f"--weights {weights}", True
+        return loaded.model.float().eval(), f"--weights {weights}", True, loaded.training_size
     default = default_model_path()
     if default is not None:
         loaded = load_model(default)
-        return loaded.model.float().eval(), f"shipped default model {default}", True
+        return loaded.model.float().eval(), f"shipped default model {default}", True, loaded.training_size
     torch.manual_seed(seed)
-    return UNet().eval(), "RANDOMLY INITIALISED full-size U-Net (no shipped model, no --weights)", False
+    return (UNet().eval(), "RANDOMLY INITIALISED full-size U-Net (no shipped model, no --weights)", False,
+            DATASET_SLICE_SIZE)
 
 
 # ---------------------------------------------------------------- machine facts

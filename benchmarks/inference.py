@@ -2,8 +2,11 @@
 
 NAIVE: eager fp32, NCHW, one whole 256x256 slice at a time, every slice (no cropping, no skipping);
 written here from ``model.UNet`` + ``transforms.normalize`` so that it shares the normalisation.
-PRODUCT: ``inference.predict_volume`` with its defaults (batches, channels_last, head crop,
-empty-slice skipping, bf16 autocast where the CPU is fast at it).
+PRODUCT: what the CLI, the docks and evaluation run (``inference.predict_any_size`` at the size the model
+was trained at, from its card: slices resized for the network and probabilities pasted back at the slice's
+size; batches, channels_last, one head crop per volume, empty-slice skipping, bf16 autocast where the CPU is
+fast at it). ``--reference-weights`` adds ``reference``: the NAIVE path with other weights (the previous
+shipped model), to compare the product's Dice against it in the same run.
 
 Runs alternate (every variant on a patient, then the next patient; the order flips every repeat)
 so that a drift in machine speed hits every variant alike. Prints slices/s, whole-patient latency,
@@ -56,6 +59,7 @@ VARIANTS: dict[str, dict] = {
     "crop": {"batch": None, "channels_last": True, "crop": True, "skip": True, "precision": "fp32"},
     "bf16": {"batch": None, "channels_last": True, "crop": False, "skip": False, "precision": "bf16"},
     "product": {"batch": None, "channels_last": True, "crop": True, "skip": True, "precision": "auto"},
+    "reference": {"batch": 1, "channels_last": False, "crop": False, "skip": False, "precision": "fp32"},
 }
 DESCRIPTIONS = {
     "naive": "eager fp32, NCHW, 1 whole slice per call, all slices",
@@ -63,7 +67,8 @@ DESCRIPTIONS = {
     "channels_last": "batches, fp32, channels_last, whole slices, all slices",
     "crop": "batches, fp32, channels_last, head crop, skip empty slices",
     "bf16": "batches, bf16 autocast (forced), channels_last, whole slices",
-    "product": "inference.predict_volume defaults",
+    "product": "inference.predict_any_size at the card's image size, defaults",
+    "reference": "the naive path with --reference-weights",
 }
 
 
@@ -94,7 +99,7 @@ def predict_variant(model: torch.nn.Module, images: np.ndarray, device: torch.de
     with torch.inference_mode(), inference.autocast_context(device, precision):
         for start in range(0, indices.size, batch):
             idx = indices[start:start + batch]
-            rows, cols = inference.head_bounding_box(images[idx]) if crop else (slice(0, h), slice(0, w))
+            rows, cols = inference.head_bounding_box(images[indices]) if crop else (slice(0, h), slice(0, w))
             x = normalize(to_tensor_batch(images[idx][:, rows, cols]), stats.expand(len(idx), -1, -1))
             x, (ch, cw) = pad_to_multiple(x)
             x = x.to(device)
@@ -107,11 +112,14 @@ def predict_variant(model: torch.nn.Module, images: np.ndarray, device: torch.de
 class Runner:
     """Holds the two model copies (NCHW and channels_last) and runs a named variant."""
 
-    def __init__(self, model: torch.nn.Module, device: torch.device, batch_size: int | None) -> None:
+    def __init__(self, model: torch.nn.Module, device: torch.device, batch_size: int | None, size: int = 256,
+                 reference: torch.nn.Module | None = None) -> None:
         self.device = device
         self.batch_size = batch_size
+        self.size = size  # the slice size the model was trained at (its card's image_size)
         self.nchw = copy.deepcopy(model).to(device).eval()
         self.cl = inference.prepare_model(copy.deepcopy(model), device)
+        self.reference = reference.to(device).eval() if reference is not None else None
 
     def batch_of(self, name: str) -> int:
         b = VARIANTS[name]["batch"]
@@ -121,9 +129,13 @@ class Runner:
         v = VARIANTS[name]
         if name == "naive":
             return predict_naive(self.nchw, images, self.device)
+        if name == "reference":
+            if self.reference is None:
+                raise SystemExit("the reference variant needs --reference-weights")
+            return predict_naive(self.reference, images, self.device)
         if name == "product":
             kwargs = {"batch_size": self.batch_size} if self.batch_size else {}
-            return inference.predict_volume(self.cl, images, device=self.device, **kwargs)
+            return inference.predict_any_size(self.cl, images, size=self.size, device=self.device, **kwargs)
         model = self.cl if v["channels_last"] else self.nchw
         return predict_variant(model, images, self.device, batch=self.batch_of(name), channels_last=v["channels_last"],
                                crop=v["crop"], skip=v["skip"], precision=v["precision"])
@@ -139,16 +151,19 @@ class Runner:
     def pixels_computed(self, name: str, images: np.ndarray) -> int:
         """Pixels the network actually sees (after skipping, cropping and padding to 16) for one volume."""
         v = VARIANTS[name]
+        if name == "product":  # the network sees the slices at its own size
+            z, h, w, _ = images.shape
+            images = inference.resize_images(images, inference.model_input_size(h, w, self.size))
         z, h, w, _ = images.shape
         indices = np.arange(z)
         if v["skip"]:
             indices = indices[(images > inference.HEAD_THRESHOLD).reshape(z, -1).any(axis=1)]
         total, batch = 0, self.batch_of(name)
+        rows, cols = inference.head_bounding_box(images[indices]) if v["crop"] and indices.size else (
+            slice(0, h), slice(0, w))
+        ch, cw = rows.stop - rows.start, cols.stop - cols.start
         for start in range(0, indices.size, batch):
-            idx = indices[start:start + batch]
-            rows, cols = inference.head_bounding_box(images[idx]) if v["crop"] else (slice(0, h), slice(0, w))
-            ch, cw = rows.stop - rows.start, cols.stop - cols.start
-            total += len(idx) * (-(-ch // 16) * 16) * (-(-cw // 16) * 16)
+            total += len(indices[start:start + batch]) * (-(-ch // 16) * 16) * (-(-cw // 16) * 16)
         return total
 
 
@@ -168,10 +183,11 @@ def flops_per_slice(model: torch.nn.Module, h: int = 256, w: int = 256) -> int:
 def memory_child(args: argparse.Namespace) -> None:
     """Run one variant once on the largest case in this (fresh) process; print its peak memory as JSON."""
     apply_threads(args.threads)
-    model, _, _ = load_weights(args.weights)
+    model, _, _, size = load_weights(args.weights)
+    reference = load_weights(args.reference_weights)[0] if args.reference_weights else None
     cases, _ = load_cases(args.data, args.patients, args.max_slices, args.phantom, args.phantom_size)
     case = max(cases, key=lambda c: c.num_slices)
-    runner = Runner(model, inference.resolve_device(args.device), args.batch_size)
+    runner = Runner(model, inference.resolve_device(args.device), args.batch_size, size, reference)
     del model
     before = max_rss_mib()
     with RssSampler() as mem:
@@ -186,7 +202,7 @@ def measure_memory_subprocess(args: argparse.Namespace, name: str) -> dict | Non
     cmd = [sys.executable, str(Path(__file__).resolve()), "--memory-child", name, "--data", str(args.data),
            "--patients", str(args.patients), "--threads", str(args.threads), "--device", args.device]
     for flag, value in (("--max-slices", args.max_slices), ("--batch-size", args.batch_size),
-                        ("--weights", args.weights)):
+                        ("--weights", args.weights), ("--reference-weights", args.reference_weights)):
         if value:
             cmd += [flag, str(value)]
     if args.phantom:
@@ -217,6 +233,8 @@ def main(argv: list[str] | None = None) -> dict | None:
                         help=f"comma-separated, compared in this order; choose from {','.join(VARIANTS)}")
     parser.add_argument("--weights", type=Path, default=None,
                         help="checkpoint to use (default: the shipped model, else a random full-size U-Net)")
+    parser.add_argument("--reference-weights", type=Path, default=None,
+                        help="weights of the 'reference' variant (e.g. the previous shipped model), run the naive way")
     parser.add_argument("--device", default="cpu", help="cpu / cuda / mps / auto")
     parser.add_argument("--threshold", type=float, default=0.5, help="probability threshold for the masks")
     parser.add_argument("--matmul-size", type=int, default=768, help="n of the n x n matmul peak measurement")
@@ -239,14 +257,16 @@ def main(argv: list[str] | None = None) -> dict | None:
     facts = machine_facts()
     print_machine_facts(facts)
 
-    model, weights_note, trained = load_weights(args.weights)
-    print(f"Weights: {weights_note}")
+    model, weights_note, trained, size = load_weights(args.weights)
+    reference = load_weights(args.reference_weights)[0] if args.reference_weights else None
+    print(f"Weights: {weights_note} (trained at {size} px: the product runs at that size)"
+          + (f"; reference: {args.reference_weights}" if reference is not None else ""))
     if not trained:
         print("  NOTE: random weights: speed numbers are valid, Dice numbers are MEANINGLESS.")
     cases, data_note = load_cases(args.data, args.patients, args.max_slices, args.phantom, args.phantom_size)
     print(f"Data: {data_note}")
     print(f"  {len(cases)} patients: " + ", ".join(f"{c.patient_id} ({c.num_slices} slices)" for c in cases))
-    runner = Runner(model, device, args.batch_size)
+    runner = Runner(model, device, args.batch_size, size, reference)
     for n in names:
         print(f"  {n:14s} {DESCRIPTIONS[n]} (batch {runner.batch_of(n)}; bf16: {runner.uses_bf16(n)})")
     print()
