@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -68,3 +69,71 @@ def test_sample_then_segment_dock_through_the_manifest(make_napari_viewer, qtbot
     assert labels.mode == "paint" and labels.selected_label == 1
     assert np.array_equal(labels.metadata["lgg_ai_mask"], labels.data)
     assert exporter.selected_layer() is labels  # the new tumour layer is offered for export
+
+
+@pytest.fixture
+def quiet_settings():
+    """napari settings not written to the user's settings file (the reader records its preferences there)."""
+    from napari.settings import get_settings
+
+    settings = get_settings()
+    saving = settings._save_on_change
+    settings._save_on_change = False
+    before = dict(settings.plugins.extension2reader)
+    yield settings
+    settings.plugins.extension2reader = before
+    settings._save_on_change = saving
+
+
+def test_reader_claims_only_lgg_slices_and_folders():
+    from napari.plugins import _initialize_plugins, _npe2
+
+    _initialize_plugins()
+    claims = {name: PLUGIN in _npe2.get_readers(f"/data/{name}") for name in (
+        "holiday.png", "notes.txt", "scan.npy", "holiday.tif", "scan_final.tiff",
+        "TCGA_CS_4942_19970222_5.tif", "TCGA_CS_4942_19970222_12_mask.TIF", "P_3.tiff")}
+    assert claims == {"holiday.png": False, "notes.txt": False, "scan.npy": False, "holiday.tif": False,
+                      "scan_final.tiff": False, "TCGA_CS_4942_19970222_5.tif": True,
+                      "TCGA_CS_4942_19970222_12_mask.TIF": True, "P_3.tiff": True}
+
+
+def test_opening_a_png_does_not_offer_this_plugin(make_napari_viewer, tmp_path, quiet_settings):
+    """The real open path (`viewer.open` -> `_open_or_raise_error`): a PNG has napari's reader only, no choice."""
+    import imageio.v3 as iio
+
+    png = tmp_path / "photo.png"
+    iio.imwrite(png, np.zeros((8, 8), np.uint8))
+    viewer = make_napari_viewer()
+    viewer.open(str(png))  # raised MultipleReaderError ("Choose reader" in the GUI) when the plugin claimed "*"
+    assert [layer.name for layer in viewer.layers] == ["photo"]
+
+
+def test_a_dataset_opened_once_opens_its_patients_without_choosing_a_reader(
+        make_napari_viewer, tmp_path, phantom_root, quiet_settings):
+    from napari.errors import MultipleReaderError
+
+    patients = sorted(phantom_root.iterdir())
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    viewer = make_napari_viewer()
+    with pytest.raises(MultipleReaderError):  # napari's own reader takes folders too: the first time, a choice
+        viewer._open_or_raise_error([str(patients[1])])
+    viewer.open(str(phantom_root), plugin=PLUGIN)  # the user chose this plugin once (the dialog's choice)
+    viewer.layers.clear()
+    viewer._open_or_raise_error([str(patients[1])])  # no MultipleReaderError: no "Choose reader" for the next one
+    assert {layer.metadata["lgg_patient_id"] for layer in viewer.layers} == {patients[1].name}
+    viewer.layers.clear()
+    viewer._open_or_raise_error([str(patients[2] / f"{patients[2].name}_3.tif")])
+    assert {layer.metadata["lgg_patient_id"] for layer in viewer.layers} == {patients[2].name}
+    with pytest.raises(MultipleReaderError):  # other folders still ask: the preference is for this dataset only
+        viewer._open_or_raise_error([str(elsewhere)])
+
+
+def test_a_users_reader_preference_is_kept(make_napari_viewer, phantom_root, quiet_settings):
+    patient = sorted(phantom_root.iterdir())[0]
+    key = f"{os.path.realpath(phantom_root)}{os.sep}*{os.sep}"
+    quiet_settings.plugins.extension2reader = {**quiet_settings.plugins.extension2reader, key: "napari"}
+    viewer = make_napari_viewer()
+    quiet_settings.plugins.extension2reader = {**quiet_settings.plugins.extension2reader, key: "napari"}
+    viewer.open(str(patient), plugin=PLUGIN)
+    assert quiet_settings.plugins.extension2reader[key] == "napari"
