@@ -52,6 +52,7 @@ def test_sample_then_segment_dock_through_the_manifest(make_napari_viewer, qtbot
     viewer = make_napari_viewer()
     viewer.open_sample(PLUGIN, "phantom")
     assert f"{SAMPLE_PATIENT_ID} FLAIR" in viewer.layers
+    assert viewer.layers[f"{SAMPLE_PATIENT_ID} ground truth"].contour == 2  # drawn as an outline, as from the reader
     _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Segment tumour")
     widget.ask = lambda title, text: pytest.fail(f"unexpected question: {title}")
     assert widget.current_patient().patient_id == SAMPLE_PATIENT_ID
@@ -109,22 +110,40 @@ def test_opening_a_png_does_not_offer_this_plugin(make_napari_viewer, tmp_path, 
 
 
 def test_a_dataset_opened_once_opens_its_patients_without_choosing_a_reader(
-        make_napari_viewer, tmp_path, phantom_root, quiet_settings):
+        make_napari_viewer, monkeypatch, tmp_path, phantom_root, quiet_settings):
+    """Drag and drop / File > Open (`QtViewer._qt_open`): "Choose reader" the first time only, for the dataset."""
+    import imageio.v3 as iio
+    from napari._qt import qt_viewer
+    from napari._qt.dialogs.qt_reader_dialog import open_with_dialog_choices, prepare_remaining_readers
     from napari.errors import MultipleReaderError
 
+    asked: list[str] = []
+
+    def choose_this_plugin(filenames, viewer, stack, *args, **kwargs):
+        """The "Choose reader" dialog, answered as a user would: this plugin, "remember" left unticked."""
+        asked.append(os.path.basename(filenames[0]))
+        readers = prepare_remaining_readers(filenames)
+        open_with_dialog_choices(readers[PLUGIN], False, filenames[0], readers, filenames, stack, viewer)
+
+    monkeypatch.setattr(qt_viewer, "handle_gui_reading", choose_this_plugin)
     patients = sorted(phantom_root.iterdir())
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
+    iio.imwrite(tmp_path / "photo.png", np.zeros((8, 8), np.uint8))
     viewer = make_napari_viewer()
-    with pytest.raises(MultipleReaderError):  # napari's own reader takes folders too: the first time, a choice
-        viewer._open_or_raise_error([str(patients[1])])
-    viewer.open(str(phantom_root), plugin=PLUGIN)  # the user chose this plugin once (the dialog's choice)
+    drop = viewer.window._qt_viewer._qt_open
+
+    drop([str(phantom_root)], stack=False)  # napari's own reader takes folders too: the first time, a choice
+    assert asked == ["phantoms"]
+    assert {layer.metadata["lgg_patient_id"] for layer in viewer.layers} == {patients[0].name}
+    for path in (patients[1], patients[2] / f"{patients[2].name}_3.tif", phantom_root):
+        viewer.layers.clear()
+        drop([str(path)], stack=False)  # no dialog for the dataset's patients, slices, or the root again
+        assert len(viewer.layers) == 4
+    assert asked == ["phantoms"]
     viewer.layers.clear()
-    viewer._open_or_raise_error([str(patients[1])])  # no MultipleReaderError: no "Choose reader" for the next one
-    assert {layer.metadata["lgg_patient_id"] for layer in viewer.layers} == {patients[1].name}
-    viewer.layers.clear()
-    viewer._open_or_raise_error([str(patients[2] / f"{patients[2].name}_3.tif")])
-    assert {layer.metadata["lgg_patient_id"] for layer in viewer.layers} == {patients[2].name}
+    drop([str(tmp_path / "photo.png")], stack=False)  # not claimed at all: napari's reader, no question
+    assert [layer.name for layer in viewer.layers] == ["photo"] and asked == ["phantoms"]
     with pytest.raises(MultipleReaderError):  # other folders still ask: the preference is for this dataset only
         viewer._open_or_raise_error([str(elsewhere)])
 
