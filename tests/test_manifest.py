@@ -156,3 +156,14 @@ def test_a_users_reader_preference_is_kept(make_napari_viewer, phantom_root, qui
     quiet_settings.plugins.extension2reader = {**quiet_settings.plugins.extension2reader, key: "napari"}
     viewer.open(str(patient), plugin=PLUGIN)
     assert quiet_settings.plugins.extension2reader[key] == "napari"
+
+
+def test_readme_names_the_real_sample_menu_item():
+    from napari.plugins import menu_item_template
+    from npe2 import PluginManifest
+
+    manifest = PluginManifest.from_file(MANIFEST)
+    (sample,) = manifest.contributions.sample_data
+    item = menu_item_template.format(manifest.display_name, sample.display_name)  # napari's title for a lone sample
+    readme = " ".join((MANIFEST.parent / "README.md").read_text().split())
+    assert f"`File > Open Sample > {item}`" in readme
