@@ -98,14 +98,17 @@ def test_reader_claims_only_lgg_slices_and_folders():
                       "TCGA_CS_4942_19970222_12_mask.TIF": True, "P_3.tiff": True}
 
 
-def test_opening_a_png_does_not_offer_this_plugin(make_napari_viewer, tmp_path, quiet_settings):
-    """The real open path (`viewer.open` -> `_open_or_raise_error`): a PNG has napari's reader only, no choice."""
+def test_opening_a_png_does_not_offer_this_plugin(make_napari_viewer, monkeypatch, tmp_path, quiet_settings):
+    """Drag and drop / File > Open (`QtViewer._qt_open`, no plugin given): a PNG has napari's reader only."""
     import imageio.v3 as iio
+    from napari._qt import qt_viewer
 
     png = tmp_path / "photo.png"
     iio.imwrite(png, np.zeros((8, 8), np.uint8))
+    monkeypatch.setattr(qt_viewer, "handle_gui_reading",
+                        lambda *args, **kwargs: pytest.fail("'Choose reader' shown for a PNG"))
     viewer = make_napari_viewer()
-    viewer.open(str(png))  # raised MultipleReaderError ("Choose reader" in the GUI) when the plugin claimed "*"
+    viewer.window._qt_viewer._qt_open([str(png)], stack=False)  # the plugin claimed "*": a MultipleReaderError
     assert [layer.name for layer in viewer.layers] == ["photo"]
 
 
