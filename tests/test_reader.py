@@ -89,7 +89,7 @@ def test_flair_contrast_comes_from_the_patients_own_head_voxels(phantom_patient)
     flair, kwargs, _ = layers[f"{pid} FLAIR"]
     lo, hi = kwargs["contrast_limits"]
     head = head_mask(flair)
-    assert (lo, hi) == tuple(np.percentile(flair[head], (0.5, 99.5)))
+    np.testing.assert_allclose((lo, hi), np.percentile(flair[head], (0.5, 99.5)), atol=3)  # estimated on 1/4
     truth = layers[f"{pid} ground truth"][0].astype(bool)
     brain = float(np.median(flair[head & ~truth]))
     lesion = float(np.median(flair[truth]))
@@ -97,7 +97,7 @@ def test_flair_contrast_comes_from_the_patients_own_head_voxels(phantom_patient)
     assert 0.35 < (brain - lo) / (hi - lo) < (lesion - lo) / (hi - lo) <= 1
     for name in (f"{pid} pre-contrast", f"{pid} post-contrast"):
         data, kw, _ = layers[name]
-        assert kw["contrast_limits"] == tuple(np.percentile(data[head], (0.5, 99.5)))
+        np.testing.assert_allclose(kw["contrast_limits"], np.percentile(data[head], (0.5, 99.5)), atol=3)
 
 
 def test_channels_show_one_at_a_time_and_truth_is_an_outline(make_napari_viewer, phantom_patient, quiet_settings):
