@@ -138,8 +138,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
                                "Choose another --out.")
             skipped.add(folder)
         elif target.exists() and not args.overwrite:
-            raise CLIError(f"{target} already exists; pass --skip-existing to segment only the patients not done "
-                           "yet, --overwrite to replace it, or choose another --out.")
+            raise CLIError(f"{target} already exists; pass --skip-existing (keep it, do the others), --overwrite "
+                           "(replace it) or choose another --out.")
         targets[target] = folder
     if len(skipped) == len(folders):
         print(f"all {len(folders)} patients are already in {out}; nothing to do", file=sys.stderr, flush=True)
