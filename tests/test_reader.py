@@ -111,6 +111,11 @@ def test_channels_show_one_at_a_time_and_truth_is_an_outline(make_napari_viewer,
     assert [layer.visible for layer in (flair, pre, post)] == [False, True, False]
     flair.visible = True
     assert [layer.visible for layer in (flair, pre, post)] == [True, False, False]
+    viewer.layers.remove(pre)
+    viewer.layers.insert(0, pre)  # re-inserted (as the browser may do): still one hook, same behaviour
+    pre.visible = True
+    assert [layer.visible for layer in (flair, pre, post)] == [False, True, False]
+    flair.visible = True
     viewer.canvas.grid.enabled = True  # side by side in a grid: all may show
     pre.visible = post.visible = True
     assert [layer.visible for layer in (flair, pre, post)] == [True, True, True]

@@ -21,7 +21,8 @@ from .display import CONTOUR_KEY, DATASET_ROOT_KEY
 PLUGIN = "napari-lgg-seg"
 BROWSER_WIDGET = "Patient browser"
 
-_installed: weakref.WeakSet = weakref.WeakSet()
+_installed: weakref.WeakSet = weakref.WeakSet()  # viewers watched
+_exclusive: weakref.WeakSet = weakref.WeakSet()  # channel layers whose visibility is watched
 
 
 def gui_viewer():
@@ -61,7 +62,8 @@ def _style_layer(viewer, layer) -> None:
     contour = meta.get(CONTOUR_KEY)
     if contour and hasattr(layer, "contour"):
         layer.contour = int(contour)
-    if meta.get("lgg_channel"):
+    if meta.get("lgg_channel") and layer not in _exclusive:  # once per layer, however often it is re-inserted
+        _exclusive.add(layer)
         ref = weakref.ref(viewer)
         layer.events.visible.connect(lambda event, layer=layer: _exclusive_channel(ref(), layer))
     root = meta.get(DATASET_ROOT_KEY)
