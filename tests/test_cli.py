@@ -173,6 +173,14 @@ def test_segment_skip_existing_refuses_a_folder_it_did_not_write(capsys, tmp_pat
     assert code == 2 and f"{foreign} exists but is not segment's output" in err and "Traceback" not in err
     assert sorted(p.name for p in out.iterdir()) == [folders[1].name]  # nothing written before refusing
     assert (foreign / "notes.txt").read_text() == "mine"
+    # an earlier output with a mask gone (not what segment leaves) is not taken as done either
+    (foreign / "notes.txt").unlink()
+    foreign.rmdir()
+    assert run_cli(capsys, "segment", folders[1], "--out", out, "--weights", tiny_checkpoint)[0] == 0
+    (foreign / f"{folders[1].name}_4_mask.tif").unlink()
+    code, _, err = run_cli(capsys, "segment", phantom_root, "--out", out, "--weights", tiny_checkpoint,
+                           "--skip-existing")
+    assert code == 2 and "exists but is not segment's output" in err
     with pytest.raises(SystemExit) as info:
         cli.main(["segment", str(phantom_root), "--out", str(out), "--skip-existing", "--overwrite"])
     assert info.value.code == 2

@@ -103,11 +103,20 @@ def _same_or_nested(a: Path, b: Path) -> bool:
 
 
 def _segmented_from(target: Path, folder: Path) -> bool:
-    """True when ``target`` is a finished ``segment`` output (masks + sidecar) made from patient ``folder``."""
+    """True when ``target`` is a finished ``segment`` output made from patient ``folder``: its sidecar names that
+    folder and it holds one mask per image slice of it."""
     from ._reader import mask_folder_source
+    from .io import parse_slice_name
 
     source = mask_folder_source(target)
-    return source is not None and source.resolve() == folder.resolve()
+    if source is None or source.resolve() != folder.resolve():
+        return False
+
+    def numbers(path: Path, masks: bool) -> set[int]:
+        parsed = (parse_slice_name(q.name) for q in path.iterdir())
+        return {s.index for s in parsed if s is not None and s.is_mask == masks}
+
+    return numbers(target, True) == numbers(folder, False)
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
