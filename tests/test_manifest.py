@@ -56,12 +56,12 @@ def test_sample_then_segment_dock_through_the_manifest(make_napari_viewer, qtbot
     _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Segment tumour")
     widget.ask = lambda title, text: pytest.fail(f"unexpected question: {title}")
     assert widget.current_patient().patient_id == SAMPLE_PATIENT_ID
-    assert not widget.segment_button.isEnabled()  # no model yet: refused
+    assert not widget.segment_button.enabled  # no model yet: refused
     assert widget.add_checkpoint(tiny_checkpoint)
     _, exporter = viewer.window.add_plugin_dock_widget(PLUGIN, "Export corrected masks")
-    assert exporter.selected_layer().name == f"{SAMPLE_PATIENT_ID} ground truth"
+    assert exporter.selected_layer() is None  # never the ground truth (issue 13, bug 6)
     widget.batch_size = 24
-    widget.segment_button.click()
+    widget.segment_button.native.click()
     assert widget.running
     qtbot.waitUntil(lambda: not widget.running, timeout=180_000)
     labels = viewer.layers[f"{SAMPLE_PATIENT_ID} tumour"]
