@@ -25,7 +25,7 @@ from magicgui.widgets import (
 from napari.qt.threading import thread_worker
 from psygnal import Signal
 from qtpy.QtCore import Qt, QTimer
-from qtpy.QtWidgets import QFileDialog
+from qtpy.QtWidgets import QFileDialog, QSizePolicy
 from superqt import QCollapsible
 
 from .. import recovery
@@ -88,6 +88,7 @@ def _segment_job(model, images: np.ndarray, device: str, tta: bool, batch_size: 
 
 def _wrap(label: Label, rich: bool = False) -> Label:
     label.native.setWordWrap(True)
+    label.native.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
     if rich:  # text made by status_html: escaped, so Qt must not guess
         label.native.setTextFormat(Qt.TextFormat.RichText)
     return label
@@ -152,12 +153,14 @@ class SegmentWidget(Container):
         self.readout_label = _wrap(Label())
         self.compare_button = PushButton(text="Compare with AI", enabled=False,
                                          tooltip="Dice between the AI output and your corrected labels")
-        super().__init__(widgets=[self.image_combo, model_row, self.model_label, self.threshold, buttons,
-                                  self.status_label, self.readout_label, self.compare_button])
+        form = Container(widgets=[self.image_combo, model_row, self.threshold])
+        form.margins = (0, 0, 0, 0)
+        super().__init__(widgets=[form, self.model_label, buttons, self.status_label, self.readout_label,
+                                  self.compare_button], labels=False)
         self.ask = qt_ask(self.native)
         more = QCollapsible("More options")  # rarely used: collapsed, so the dock stays short (issue 13, bug 5)
         more.addWidget(options.native)
-        self.native.layout().insertWidget(4, more)
+        self.native.layout().insertWidget(2, more)
 
         self.image_combo.changed.connect(self._on_patient_changed)
         self.model_combo.changed.connect(self._on_model_changed)
@@ -171,7 +174,7 @@ class SegmentWidget(Container):
         layers = self.viewer.layers
         self._connections = [(layers.events.inserted, self._on_layer_inserted),
                              (layers.events.removed, self._on_layers_changed),
-                             (layers.selection.events.active, self._on_layers_changed),
+                             (layers.selection.events.active, self._on_labels_edited),
                              (MODEL_REGISTRY.changed, self._on_registry_changed)]
         for emitter, callback in self._connections:
             emitter.connect(callback)
@@ -190,8 +193,11 @@ class SegmentWidget(Container):
     # ------------------------------------------------------------------------------- patients
 
     def reset_choices(self, *args) -> None:
-        """Refresh the layer and model lists (napari calls this when layers change)."""
+        """Refresh the layer and model lists (napari calls this when layers change); shows the patient's FLAIR."""
         super().reset_choices(*args)
+        patient = self.current_patient()
+        if patient is not None and self.image_combo.value is not patient.reference:
+            self.select_patient(patient.patient_id)
         self._on_patient_changed()
 
     def current_patient(self) -> PatientLayers | None:
@@ -224,8 +230,7 @@ class SegmentWidget(Container):
     def _on_layers_changed(self, event=None) -> None:
         if event is not None and getattr(event, "type", "") == "removed":
             self._last_autosave.pop(id(event.value), None)
-        self.image_combo.reset_choices()
-        self._on_patient_changed()
+        self.reset_choices()
 
     def _on_patient_changed(self, *args) -> None:
         patient = self.current_patient()
