@@ -80,6 +80,11 @@ def segmented(qtbot, w, checkpoint: Path):
     return labels, probs
 
 
+def settled(qtbot, w) -> None:
+    """Wait for re-thresholds (made in worker threads) to reach the layer."""
+    qtbot.waitUntil(lambda: not w.postprocessing, timeout=WAIT_MS)
+
+
 def set_probabilities(labels, probs_layer, values: np.ndarray) -> None:
     """Replace the stored probabilities by known values (a random network's are arbitrary)."""
     probs_layer.data = values.astype(np.float32)
@@ -123,22 +128,33 @@ def test_threshold_and_postprocessing_update_labels(widget, qtbot, tiny_checkpoi
     values = ramp(labels.data.shape)
     set_probabilities(labels, probs, values)
     widget.set_threshold(0.3)
+    settled(qtbot, widget)
     np.testing.assert_array_equal(labels.data, values >= 0.3)
     widget.threshold.value = 0.7  # the slider drives the same update
+    settled(qtbot, widget)
     assert widget.settings().threshold == pytest.approx(0.7)
     np.testing.assert_array_equal(labels.data, values >= 0.7)
     np.testing.assert_array_equal(labels.metadata["lgg_ai_mask"], values >= 0.7)
+    widget.set_threshold(0.2)  # made in a worker, off the GUI thread; of two quick moves the last one wins
+    assert widget.postprocessing
+    widget.set_threshold(0.6)
+    settled(qtbot, widget)
+    np.testing.assert_array_equal(labels.data, values >= 0.6)
     # two blobs: keep-largest drops the smaller one, a minimum size drops both below it
     blobs = np.zeros(labels.data.shape, np.float32)
     blobs[2:5, 10:20, 10:20] = 0.9  # 300 voxels
     blobs[6, 40:45, 40:45] = 0.9  # 25 voxels
     set_probabilities(labels, probs, blobs)
     widget.set_threshold(0.5)
+    settled(qtbot, widget)
     assert int(labels.data.sum()) == 325
     widget.largest_check.value = True
+    settled(qtbot, widget)
     assert int(labels.data.sum()) == 300
     widget.largest_check.value = False
+    settled(qtbot, widget)
     widget.min_size.value = 400
+    settled(qtbot, widget)
     assert int(labels.data.sum()) == 0
     assert f"Tumour in '{PID} tumour': 0 voxels in 0 slices" in widget.readout_label.value
 
@@ -149,18 +165,21 @@ def test_threshold_change_after_an_edit_asks(widget, qtbot, tiny_checkpoint):
     values = ramp(labels.data.shape)
     set_probabilities(labels, probs, values)
     widget.set_threshold(0.6)
+    settled(qtbot, widget)
     labels.paint((0, 10, 10), 1)  # a brush stroke on slice 0, where the ramp is below 0.6
     edited = np.array(labels.data)
     assert int(edited.sum()) > int((values >= 0.6).sum())
 
     widget.ask = answers = Answers(False)
     widget.set_threshold(0.4)
+    settled(qtbot, widget)
     assert answers.questions == ["Discard your corrections?"]
     np.testing.assert_array_equal(labels.data, edited)  # corrections kept
     assert widget.threshold.value == pytest.approx(0.6)  # control put back
 
     widget.ask = answers = Answers(True)
     widget.set_threshold(0.4)
+    settled(qtbot, widget)
     assert answers.questions == ["Discard your corrections?"]
     np.testing.assert_array_equal(labels.data, values >= 0.4)
 
@@ -172,6 +191,7 @@ def test_compare_with_ai_counts_a_known_edit(widget, qtbot, tiny_checkpoint):
     ai[3, 20:30, 20:30] = 1.0  # 100 voxels
     set_probabilities(labels, probs, ai)
     assert widget.apply_postprocessing()
+    settled(qtbot, widget)
     assert int(labels.data.sum()) == 100
     # the user erases 20 voxels of the AI mask and adds 30 elsewhere
     labels.data_setitem((np.full(20, 3), np.repeat([20, 21], 10), np.tile(np.arange(20, 30), 2)), 0)

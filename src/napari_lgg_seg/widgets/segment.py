@@ -86,6 +86,14 @@ def _segment_job(model, images: np.ndarray, device: str, tta: bool, batch_size: 
         return f"{type(err).__name__}: {err}"
 
 
+@thread_worker(start_thread=False)
+def _postprocess_job(probs: np.ndarray, settings) -> np.ndarray:
+    """Worker: the mask of ``probs`` with ``settings`` (80-110 ms for a real patient: too long for the GUI thread)."""
+    from ..inference import postprocess
+
+    return postprocess(probs, settings)
+
+
 def _wrap(label: Label, rich: bool = False) -> Label:
     label.native.setWordWrap(True)
     label.native.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
@@ -122,6 +130,7 @@ class SegmentWidget(Container):
         self._patient_id: str | None = None
         self._recovery_offered: set[str] = set()
         self._last_autosave: dict[int, str] = {}
+        self._postprocessing: list[tuple] = []  # (worker, labels layer) of re-thresholds in flight
 
         self.image_combo = create_widget(annotation=napari.layers.Image, label="Image",
                                          options={"tooltip": "The patient to segment: any of its image layers"})
@@ -345,29 +354,44 @@ class SegmentWidget(Container):
     def apply_postprocessing(self, *args) -> bool:
         """Recompute the current result's labels from its stored probabilities with the controls' settings.
 
-        Asks before replacing labels the user has edited; returns True when the labels were updated.
+        Asks before replacing labels the user has edited; the mask is made in a worker (``postprocessing`` is True
+        until it is in the layer); returns True when a recompute started.
         """
         layer = self.current_prediction_layer()
         prob_layer = probability_layer_for(self.viewer, layer) if layer is not None else None
         if self._setting_controls or prob_layer is None:
             return False
         changed = voxels_changed(layer)
-        if changed and not self.ask(
+        if changed and not any(job_layer is layer for _, job_layer in self._postprocessing) and not self.ask(
                 "Discard your corrections?",
                 f"'{layer.name}' has {changed:,} voxels you corrected. Changing the threshold or post-processing "
                 "recomputes the mask from the AI probabilities and discards those corrections.\n\nRecompute anyway?"):
             self.set_postprocessing_controls(layer.metadata.get("lgg_postprocessing") or {})
             self._say("Kept your corrections; post-processing unchanged.")
             return False
-        from ..inference import postprocess
-
         settings = self.settings()
-        mask = postprocess(np.asarray(prob_layer.data, dtype=np.float32), settings)
+        worker = _postprocess_job(np.asarray(prob_layer.data, dtype=np.float32), settings)
+        job = (worker, layer)
+        worker.returned.connect(lambda mask: self._set_mask(layer, prob_layer, settings, mask))
+        worker.errored.connect(lambda err: self._say(f"Post-processing failed: {err}", error=True))
+        worker.finished.connect(lambda: self._postprocessing.remove(job))
+        self._postprocessing.append(job)
+        worker.start()
+        return True
+
+    @property
+    def postprocessing(self) -> bool:
+        """True while a re-threshold / post-processing of the current result runs in a worker."""
+        return bool(self._postprocessing)
+
+    def _set_mask(self, layer, prob_layer, settings, mask: np.ndarray) -> None:
+        """Apply a re-thresholded mask, unless the controls moved on (a later run applies) or the result changed."""
+        if settings != self.settings() or probability_layer_for(self.viewer, layer) is not prob_layer:
+            return
         layer.metadata[AI_MASK_KEY] = mask.copy()
         layer.metadata["lgg_postprocessing"] = asdict(settings)
         layer.data = mask
         self._on_labels_edited()
-        return True
 
     # ----------------------------------------------------------------------------- segmenting
 
