@@ -70,6 +70,10 @@ def test_sample_then_segment_dock_through_the_manifest(make_napari_viewer, qtbot
     assert labels.mode == "paint" and labels.selected_label == 1
     assert np.array_equal(labels.metadata["lgg_ai_mask"], labels.data)
     assert exporter.selected_layer() is labels  # the new tumour layer is offered for export
+    truth = viewer.layers[f"{SAMPLE_PATIENT_ID} ground truth"]
+    ai_colour, truth_colour = labels.colormap.map(np.array([1]))[0], truth.colormap.map(np.array([1]))[0]
+    assert np.abs(ai_colour[:3] - truth_colour[:3]).max() > 0.5  # AI result and ground truth: different colours
+    assert labels.contour == 0 and truth.contour == 2  # a filled result over an outlined truth
 
 
 @pytest.fixture
