@@ -167,8 +167,9 @@ class SegmentWidget(Container):
         super().__init__(widgets=[form, self.model_label, buttons, self.status_label, self.readout_label,
                                   self.compare_button], labels=False)
         self.ask = qt_ask(self.native)
-        more = QCollapsible("More options")  # rarely used: collapsed, so the dock stays short (issue 13, bug 5)
+        self.more_options = more = QCollapsible("More options")  # collapsed: a short dock (issue 13, bug 5)
         more.addWidget(options.native)
+        more.setContentsMargins(0, 0, 0, 0)
         self.native.layout().insertWidget(2, more)
 
         self.image_combo.changed.connect(self._on_patient_changed)
@@ -176,7 +177,7 @@ class SegmentWidget(Container):
         self.browse_button.clicked.connect(self._browse_checkpoint)
         for control in (self.threshold, self.largest_check, self.fill_check, self.min_size):
             control.changed.connect(self.apply_postprocessing)
-        self.segment_button.clicked.connect(self.segment)
+        self.segment_button.clicked.connect(lambda: self.segment())
         self.stop_button.clicked.connect(self.stop)
         self.compare_button.clicked.connect(self.compare_with_ai)
 
@@ -588,6 +589,7 @@ class SegmentWidget(Container):
         layer = self.current_prediction_layer()
         text = "" if layer is None else f"Tumour in '{layer.name}': " + volume_readout(layer.data, layer.scale)
         self.readout_label.value = text + (f"\n{self._compare_text}" if text and self._compare_text else "")
+        self.readout_label.visible = bool(text)
         self.compare_button.enabled = layer is not None and ai_mask_of(layer) is not None
 
     def compare_with_ai(self) -> dict | None:
