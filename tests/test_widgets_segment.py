@@ -566,3 +566,32 @@ def test_safe_remove_layers_leaves_paint_mode_first(make_napari_viewer):
     assert seen == [("pan_zoom", image), ("pan_zoom", image)]
     assert list(viewer.layers) == [image]
     safe_remove_layers(viewer, [labels])  # already gone: nothing happens
+
+
+def test_stop_after_the_last_batch_is_reported(widget, qtbot, tiny_checkpoint, monkeypatch):
+    """Stop pressed while the worker post-processes the last batch: superqt emits neither `returned` nor `aborted`;
+    the dock still says it stopped, adds nothing and tells the workflow."""
+    import napari_lgg_seg.inference as inference
+
+    add_patient(widget.viewer)
+    assert widget.add_checkpoint(tiny_checkpoint)
+    entered, release = threading.Event(), threading.Event()
+    real = inference.postprocess
+
+    def gated_postprocess(probs, settings=None):
+        entered.set()
+        assert release.wait(60), "test never released post-processing"
+        return real(probs, settings)
+
+    monkeypatch.setattr(inference, "postprocess", gated_postprocess)
+    done = []
+    widget.segmentation_done.connect(lambda *args: done.append(args))
+    widget.batch_size = 64
+    assert widget.segment() is not None
+    qtbot.waitUntil(entered.is_set, timeout=WAIT_MS)
+    widget.stop_button.native.click()
+    release.set()
+    qtbot.waitUntil(lambda: not widget.running, timeout=WAIT_MS)
+    assert widget.status_label.value == "Stopped; no layer was added." and widget.segment_button.enabled
+    assert done == [(PID, None, "Stopped; no layer was added.")]
+    assert [layer.name for layer in widget.viewer.layers if "tumour" in layer.name] == []

@@ -94,6 +94,18 @@ def _postprocess_job(probs: np.ndarray, settings) -> np.ndarray:
     return postprocess(probs, settings)
 
 
+def _later(callback) -> None:
+    """Run ``callback`` on the next event-loop turn; nothing if the dock was closed meanwhile."""
+
+    def run() -> None:
+        try:
+            callback()
+        except RuntimeError:  # the dock's Qt objects are gone
+            pass
+
+    QTimer.singleShot(0, run)
+
+
 def _wrap(label: Label, rich: bool = False) -> Label:
     label.native.setWordWrap(True)
     label.native.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
@@ -130,6 +142,7 @@ class SegmentWidget(Container):
         self._patient_id: str | None = None
         self._recovery_offered: set[str] = set()
         self._last_autosave: dict[int, str] = {}
+        self._reported = False  # the current run's end was reported (status + segmentation_done)
         self._postprocessing: list[tuple] = []  # (worker, labels layer) of re-thresholds in flight
 
         self.image_combo = create_widget(annotation=napari.layers.Image, label="Image",
@@ -447,7 +460,7 @@ class SegmentWidget(Container):
         worker.returned.connect(self._on_result)
         worker.aborted.connect(lambda: self._finish(pid, None, "Stopped; no layer was added."))
         worker.finished.connect(self._on_finished)
-        self._worker = worker
+        self._worker, self._reported = worker, False
         self.progress.max, self.progress.value = max(images.shape[0], 1), 0
         self._say(f"Segmenting {pid}…")
         self._update_buttons()
@@ -467,10 +480,13 @@ class SegmentWidget(Container):
 
     def _on_finished(self) -> None:
         self._worker = None
+        if not self._adding_result and not self._reported:  # stopped after the last batch: no `aborted`
+            self._finish(self._job["patient"].patient_id, None, "Stopped; no layer was added.")
         self._update_buttons()
 
     def _finish(self, pid: str, layer, message: str, error: bool = False) -> None:
         """The end of a run: the status line, and ``segmentation_done`` for the workflow."""
+        self._reported = True
         self._say(message, error)
         if error:
             notify(message, "error")
@@ -563,14 +579,7 @@ class SegmentWidget(Container):
             self._update_buttons()
             return
         steps[0]()
-
-        def next_step() -> None:
-            try:
-                self._run_gui_steps(patient, steps[1:])
-            except RuntimeError:  # the dock was closed meanwhile (its Qt object is gone)
-                pass
-
-        QTimer.singleShot(0, next_step)
+        _later(lambda: self._run_gui_steps(patient, steps[1:]))
 
     # -------------------------------------------------------------------------- edits, readout
 
@@ -630,7 +639,7 @@ class SegmentWidget(Container):
 
     def _queue_recovery_check(self, patient_id: str) -> None:
         if patient_id not in self._recovery_offered:
-            QTimer.singleShot(0, lambda: self.check_recovery(patient_id))
+            _later(lambda: self.check_recovery(patient_id))
 
     def check_recovery(self, patient_id: str):
         """Offer to restore an autosaved correction of the patient (once per session); returns the layer."""
