@@ -595,3 +595,18 @@ def test_stop_after_the_last_batch_is_reported(widget, qtbot, tiny_checkpoint, m
     assert widget.status_label.value == "Stopped; no layer was added." and widget.segment_button.enabled
     assert done == [(PID, None, "Stopped; no layer was added.")]
     assert [layer.name for layer in widget.viewer.layers if "tumour" in layer.name] == []
+
+
+def test_a_tumour_layer_made_elsewhere_is_watched_and_autosaved(widget, qtbot):
+    """A prediction layer the dock did not make (the reader opens `segment` output folders as one): its edits update
+    the readout, Compare works, autosave keeps it."""
+    add_patient(widget.viewer)
+    ai = np.zeros((8, 64, 64), np.uint8)
+    ai[3, 20:30, 20:30] = 1
+    meta = {"lgg_patient_id": PID, "lgg_role": "prediction", "lgg_ai_mask": ai.copy()}
+    layer = widget.viewer.add_labels(ai.copy(), name=f"{PID} tumour", metadata=meta)
+    assert "100 voxels in 1 slice" in widget.readout_label.value
+    layer.paint((5, 40, 40), 1)
+    qtbot.waitUntil(lambda: f"{int(layer.data.sum()):,} voxels in 2 slices" in widget.readout_label.value)
+    assert widget.compare_with_ai()["voxels_added"] == int(layer.data.sum()) - 100
+    assert widget.autosave_now() == [recovery.recovery_path(PID)]

@@ -242,7 +242,10 @@ class SegmentWidget(Container):
 
     def _on_layer_inserted(self, event) -> None:
         layer = event.value
-        if (layer.metadata or {}).get("lgg_role") not in (ROLE_PREDICTION, ROLE_PROBABILITY):
+        role = (layer.metadata or {}).get("lgg_role")
+        if role == ROLE_PREDICTION and hasattr(layer.events, "paint"):  # also the reader's (a `segment` output)
+            self._watch_labels(layer)
+        elif role != ROLE_PROBABILITY:
             for pid, patient in find_patients(self.viewer).items():
                 if any(member is layer for member in patient.channels.values()):
                     self.select_patient(pid)  # a newly opened patient is the one to segment
@@ -591,7 +594,10 @@ class SegmentWidget(Container):
 
     def _on_labels_edited(self, event=None) -> None:
         self._compare_text = ""
-        self.update_readout()
+        if getattr(event, "type", "") == "paint":  # napari emits it before writing an edit made in code
+            _later(self.update_readout)
+        else:
+            self.update_readout()
 
     def update_readout(self) -> None:
         """Show tumour voxels, slices and volume of the current result (and the last comparison)."""
