@@ -498,16 +498,18 @@ def test_status_names_the_patient_on_screen_through_the_manifest(make_napari_vie
     """issue 13, bug 2: after the previous patient's layers are swapped for the next one's (as the browser does),
     the Segment status names the patient on screen, not the old one; `segment(patient_id)` picks the patient."""
     from napari_lgg_seg.widgets._common import safe_remove_layers
+    from napari_lgg_seg.widgets.segment import segment_current, segment_dock
 
     viewer = make_napari_viewer()
-    _, w = viewer.window.add_plugin_dock_widget("napari-lgg-seg", "Segment tumour")
+    w = segment_dock(viewer)
+    assert segment_dock(viewer) is w  # one dock per viewer
     w.ask = never_ask
     add_patient(viewer, "PATIENT_A_1")
     add_patient(viewer, "PATIENT_B_2", seed=5)
     assert w.add_checkpoint(tiny_checkpoint)
     done = []
     w.segmentation_done.connect(lambda *args: done.append(args))
-    assert w.segment("PATIENT_A_1") is not None
+    assert segment_current(viewer, "PATIENT_A_1") is not None
     qtbot.waitUntil(lambda: not w.running, timeout=WAIT_MS)
     labels = viewer.layers["PATIENT_A_1 tumour"]
     assert done == [("PATIENT_A_1", labels, w.status_label.value)] and "Done: PATIENT_A_1" in done[0][2]

@@ -687,3 +687,14 @@ class SegmentWidget(Container):
         self._ready_for_the_brush(layer)
         self._say(f"Restored the autosaved corrections of {patient.patient_id}.")
         return layer
+
+
+def segment_dock(viewer) -> SegmentWidget:
+    """The viewer's Segment dock, opened through the plugin's manifest when it is not docked yet."""
+    return viewer.window.add_plugin_dock_widget("napari-lgg-seg", "Segment tumour")[1]
+
+
+def segment_current(viewer, patient_id: str | None = None):
+    """Segment ``patient_id`` (default: the dock's patient) with the Segment dock's model and settings; returns the
+    worker, or None (the reason is in the dock's status). The result arrives through ``segmentation_done``."""
+    return segment_dock(viewer).segment(patient_id)
