@@ -509,6 +509,7 @@ def test_status_names_the_patient_on_screen_through_the_manifest(make_napari_vie
     assert w.add_checkpoint(tiny_checkpoint)
     done = []
     w.segmentation_done.connect(lambda *args: done.append(args))
+    assert segment_current(viewer, "NOT_OPEN_9") is None and "NOT_OPEN_9 is not open" in w.status_label.value
     assert segment_current(viewer, "PATIENT_A_1") is not None
     qtbot.waitUntil(lambda: not w.running, timeout=WAIT_MS)
     labels = viewer.layers["PATIENT_A_1 tumour"]

@@ -439,6 +439,9 @@ class SegmentWidget(Container):
         if patient_id is not None:
             self.select_patient(patient_id)
         patient = self.current_patient()
+        if patient_id is not None and (patient is None or patient.patient_id != patient_id):
+            self._say(f"{patient_id} is not open; nothing was segmented.", error=True)
+            return None
         if self._loaded is None or patient is None:
             self._say(NO_MODEL_TEXT if not self.model_combo.choices else
                       "Choose a model first." if self._loaded is None else OPEN_PATIENT_TEXT)
