@@ -76,6 +76,9 @@ class PatientBrowser(QWidget):
         layout.addWidget(self.list, 1)
         layout.addWidget(self.status_label)
         self._update_nav()
+        from .._viewer_hooks import install_viewer_hooks
+
+        install_viewer_hooks(napari_viewer)  # the patients' layers look as the reader's (outline, one channel)
         if root:
             self.set_root(root, load=load_first)
 
@@ -106,6 +109,21 @@ class PatientBrowser(QWidget):
             self.show_patient(0)
         self._update_nav()
         return len(folders)
+
+    def adopt_root(self, root: str | os.PathLike, patient_id: str) -> None:
+        """List ``root``'s patients and mark ``patient_id`` as the open one; its layers are already in the viewer
+        (the reader added them), so nothing is loaded."""
+        self.set_root(root, load=False)
+        for index, folder in enumerate(self.folders):
+            if folder.name == patient_id:
+                self.current_index = index
+                self.current_patient_id = patient_id
+                self.list.blockSignals(True)
+                self.list.setCurrentRow(index)
+                self.list.blockSignals(False)
+                self._say(f"Patient {index + 1} of {len(self.folders)}: {patient_id}")
+                break
+        self._update_nav()
 
     def first_patient_layers(self) -> list[tuple]:
         """Layer-data tuples of the first patient, marked as the open one (the dataset-root reader returns them)."""
