@@ -223,6 +223,26 @@ def test_segment_output_opens_over_its_source_images(tmp_path, phantom_root, pha
     assert {kwargs["metadata"]["lgg_dataset_root"] for _, kwargs, _ in layers} == {str((tmp_path / "out").resolve())}
 
 
+def test_segment_output_root_in_a_viewer_is_browsed_over_its_sources(make_napari_viewer, tmp_path, phantom_root,
+                                                                       quiet_settings):
+    patients = sorted(phantom_root.iterdir())
+    for i, patient in enumerate(patients):
+        masks = np.zeros((12, 64, 64), np.uint8)
+        masks[5, 10:20, 10 + i:20 + i] = 1
+        write_segment_output(tmp_path / "out", patient, masks)
+    viewer = make_napari_viewer()
+    viewer.open(str(tmp_path / "out"), plugin=PLUGIN)
+    _, browser = viewer.window.add_plugin_dock_widget(PLUGIN, "Patient browser")
+    assert browser.current_patient_id == patients[0].name and len(browser.folders) == 3
+    assert browser.next()
+    names = [layer.name for layer in viewer.layers]
+    assert names == [f"{patients[1].name} {n}" for n in ("pre-contrast", "post-contrast", "FLAIR", "ground truth",
+                                                          "tumour")]
+    tumour = viewer.layers[f"{patients[1].name} tumour"]
+    assert tumour.data[5, 10:20, 11:21].all() and tumour.data.sum() == 100
+    assert tumour.metadata["lgg_folder"] == str(patients[1])  # exports copy the source images
+
+
 def test_segment_output_with_its_source_gone_says_what_to_do(tmp_path, phantom_patient):
     import shutil
 

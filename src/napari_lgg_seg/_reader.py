@@ -17,6 +17,7 @@ import numpy as np
 from .display import DATASET_ROOT_KEY, patient_layer_data, tumour_layer_data
 from .io import (
     LGGFormatError,
+    Patient,
     is_patient_folder,
     load_patient,
     parse_slice_name,
@@ -24,7 +25,7 @@ from .io import (
 )
 
 __all__ = ["napari_get_reader", "patient_layer_data", "read_patient", "read_dataset_root", "patient_folders",
-           "mask_folder_source", "is_mask_folder"]
+           "mask_folder_source", "is_mask_folder", "load_folder"]
 
 SIDECAR_NAMES = ("lgg_seg_segment.json", "lgg_seg_export.json")  # written by `napari-lgg-seg segment` / export
 
@@ -115,9 +116,23 @@ def napari_get_reader(path):
     return None
 
 
+def load_folder(folder: str | os.PathLike) -> tuple[Patient, list[tuple]]:
+    """A patient folder or a ``segment`` output folder: ``(patient, extra layer-data tuples)``; the extra layer is
+    the output's masks as ``<PATIENT> tumour`` (none for a patient folder). For the patient browser."""
+    folder = Path(folder)
+    if is_mask_folder(folder):
+        patient, masks, extra = _load_mask_folder(folder)
+        return patient, [tumour_layer_data(patient, masks, extra)]
+    return load_patient(folder), []
+
+
 def read_mask_folder(folder: str | os.PathLike) -> list[tuple]:
     """A ``segment`` output folder: its source patient's layers plus the masks as the ``<PATIENT> tumour`` layer."""
-    folder = Path(folder)
+    patient, masks, extra = _load_mask_folder(Path(folder))
+    return [*patient_layer_data(patient), tumour_layer_data(patient, masks, extra)]
+
+
+def _load_mask_folder(folder: Path) -> tuple[Patient, np.ndarray, dict]:
     sidecar_path, info = _sidecar(folder) or (None, {})
     source = mask_folder_source(folder)
     if source is None or sidecar_path is None:
@@ -143,8 +158,7 @@ def read_mask_folder(folder: str | os.PathLike) -> list[tuple]:
             raise LGGFormatError(f"{files[k]}: mask is {mask.shape} but its image in {source} is "
                                  f"{patient.images.shape[1:3]}.")
         masks.append(mask > 0)
-    extra = {"lgg_masks_folder": str(folder), "lgg_model": info.get("model")}
-    return [*patient_layer_data(patient), tumour_layer_data(patient, np.stack(masks), extra)]
+    return patient, np.stack(masks), {"lgg_masks_folder": str(folder), "lgg_model": info.get("model")}
 
 
 def read_patient(path) -> list[tuple]:
