@@ -414,6 +414,8 @@ def cli_cases(ctx: Context) -> list[Row]:
         _cli_partial_root(ctx),
         _cli_odd_size(ctx),
         _cli_out_has_patient(ctx),
+        _cli_skip_existing_foreign(ctx),
+        _segment_output_source_gone(ctx),
     ]
     return rows
 
@@ -485,6 +487,47 @@ def _cli_out_has_patient(ctx: Context) -> Row:
         problem = problem or "first run failed"
     safe, changed = unchanged(before, out, "OUT")
     return Row("OUT already holds the patient (no --overwrite)", "CLI segment", seen, safe, problem or changed)
+
+
+def _cli_skip_existing_foreign(ctx: Context) -> Row:
+    base = ctx.folder("cli_skip_foreign")
+    source = write_patient(base / PID)
+    out = base / "out"
+    (out / PID).mkdir(parents=True)
+    (out / PID / "notes.txt").write_text("the user's own")
+    before = snapshot(out)
+    code, stdout, stderr = segment(ctx, source, out, "--skip-existing")
+    seen, problem = cli_seen(ctx, code, stdout, stderr)
+    safe, changed = unchanged(before, out, "OUT")
+    return Row("--skip-existing, OUT holds a folder of that name that segment did not write", "CLI segment", seen,
+               safe, problem or changed)
+
+
+def _segment_output_source_gone(ctx: Context) -> Row:
+    """A segment output folder (masks only) opened in napari after its source images were moved away."""
+    from napari_lgg_seg._reader import napari_get_reader
+
+    base = ctx.folder("reader_source_gone")
+    source = write_patient(base / PID)
+    out = base / "out"
+    code = segment(ctx, source, out)[0]
+    shutil.move(str(source), str(base / "moved"))
+    before = snapshot(out)
+    problem = "" if code == 0 else "segment failed"
+    reader = napari_get_reader(str(out / PID))
+    if reader is None:
+        seen, problem = "declined (napari shows its own message)", problem or "the reader declined its own output"
+    else:
+        try:
+            reader(str(out / PID))
+            seen, problem = "opened", problem or "opened without its images"
+        except Exception as err:  # noqa: BLE001 - the message is the finding
+            seen = f"error: {msg(ctx.clean(err))}"
+            if type(err).__name__ != "LGGFormatError":
+                problem = problem or f"raised {type(err).__name__}"
+    safe, changed = unchanged(before, out, "output")
+    return Row("segment output folder opened after its source images moved", "reader", seen, safe,
+               problem or changed)
 
 
 class _WouldRunCode:

@@ -131,12 +131,87 @@ def test_segment_refuses_to_overwrite(capsys, tmp_path, phantom_patient, tiny_ch
     mask.write_bytes(b"user's own file")
     code, _, err = run_cli(capsys, "segment", phantom_patient, "--out", out, "--weights", tiny_checkpoint)
     assert code == 2
-    assert "already exists; pass --overwrite" in err and "Traceback" not in err
+    assert "already exists" in err and "--overwrite" in err and "--skip-existing" in err and "Traceback" not in err
     assert mask.read_bytes() == b"user's own file"
     code, _, err = run_cli(capsys, "segment", phantom_patient, "--out", out, "--weights", tiny_checkpoint,
                            "--overwrite")
     assert code == 0, err
     assert tifffile.imread(mask).dtype == np.uint8
+
+
+def test_segment_skip_existing_resumes_a_run(capsys, tmp_path, phantom_root, tiny_checkpoint):
+    out = tmp_path / "out"
+    folders = sorted(phantom_root.iterdir())
+    code, _, err = run_cli(capsys, "segment", folders[0], "--out", out, "--weights", tiny_checkpoint)
+    assert code == 0, err
+    done = out / folders[0].name
+    kept = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in done.iterdir()}
+    (out / f".{folders[1].name}.partial-killed").mkdir()  # what a run killed half-way leaves behind
+    code, stdout, err = run_cli(capsys, "segment", phantom_root, "--out", out, "--weights", tiny_checkpoint,
+                                "--skip-existing")
+    assert code == 0, err
+    assert f"{folders[0].name}: already segmented" in err and "skipped" in err
+    assert {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in done.iterdir()} == kept  # untouched
+    assert folders[0].name not in stdout
+    for folder in folders[1:]:
+        assert len(list((out / folder.name).glob("*_mask.tif"))) == 12 and folder.name in stdout
+    assert "masks of 2 patients written" in err and "1 already there" in err
+    # everything done: the model is not even loaded
+    code, _, err = run_cli(capsys, "segment", phantom_root, "--out", out, "--weights", tmp_path / "missing.pt",
+                           "--skip-existing")
+    assert code == 0 and "nothing to do" in err
+
+
+def test_segment_skip_existing_refuses_a_folder_it_did_not_write(capsys, tmp_path, phantom_root, tiny_checkpoint):
+    out = tmp_path / "out"
+    folders = sorted(phantom_root.iterdir())
+    foreign = out / folders[1].name
+    foreign.mkdir(parents=True)
+    (foreign / "notes.txt").write_text("mine")
+    code, _, err = run_cli(capsys, "segment", phantom_root, "--out", out, "--weights", tiny_checkpoint,
+                           "--skip-existing")
+    assert code == 2 and f"{foreign} exists but is not segment's output" in err and "Traceback" not in err
+    assert sorted(p.name for p in out.iterdir()) == [folders[1].name]  # nothing written before refusing
+    assert (foreign / "notes.txt").read_text() == "mine"
+    # an earlier output with a mask gone (not what segment leaves) is not taken as done either
+    (foreign / "notes.txt").unlink()
+    foreign.rmdir()
+    assert run_cli(capsys, "segment", folders[1], "--out", out, "--weights", tiny_checkpoint)[0] == 0
+    (foreign / f"{folders[1].name}_4_mask.tif").unlink()
+    code, _, err = run_cli(capsys, "segment", phantom_root, "--out", out, "--weights", tiny_checkpoint,
+                           "--skip-existing")
+    assert code == 2 and "exists but is not segment's output" in err
+    with pytest.raises(SystemExit) as info:
+        cli.main(["segment", str(phantom_root), "--out", str(out), "--skip-existing", "--overwrite"])
+    assert info.value.code == 2
+
+
+def test_segment_output_opens_for_correction_over_its_source(capsys, tmp_path, phantom_patient, tiny_checkpoint):
+    from napari_lgg_seg._reader import napari_get_reader
+
+    out = tmp_path / "out"
+    assert run_cli(capsys, "segment", phantom_patient, "--out", out, "--weights", tiny_checkpoint)[0] == 0
+    pid = phantom_patient.name
+    sidecar = json.loads((out / pid / "lgg_seg_export.json").read_text())
+    assert sidecar["source_folder"] == str(phantom_patient.resolve())
+    layers = {kw["name"]: (data, kw) for data, kw, _ in napari_get_reader(str(out / pid))(str(out / pid))}
+    masks = read_masks(out / pid, pid, range(1, 13))
+    np.testing.assert_array_equal(layers[f"{pid} tumour"][0], masks > 0)
+    assert layers[f"{pid} tumour"][1]["metadata"]["lgg_model"] == str(Path(tiny_checkpoint).resolve())
+    np.testing.assert_array_equal(layers[f"{pid} FLAIR"][0], quiet_load(phantom_patient).images[..., 1])
+
+
+def test_cli_and_demo_do_not_import_each_other():
+    import ast
+
+    for module, other in ((cli, "demo"), (demo, "cli")):
+        tree = ast.parse(Path(module.__file__).read_text())
+        imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level}
+        if module is demo:
+            assert other not in imported, imported  # the demo shares the CLI's helpers through .console
+    # the CLI dispatches to the demo (one way), the demo never imports the CLI
+    assert "demo" in {node.module for node in ast.walk(ast.parse(Path(cli.__file__).read_text()))
+                      if isinstance(node, ast.ImportFrom) and node.level}
 
 
 def test_segment_never_replaces_the_input(capsys, phantom_root, tiny_checkpoint):

@@ -39,7 +39,7 @@ def make_export_widget(viewer, out):
 
     widget = ExportWidget(viewer)
     viewer.window.add_dock_widget(widget, name="Export")
-    widget.folder_edit.setText(str(out))
+    widget.folder.value = out or None
     return widget
 
 
@@ -51,10 +51,10 @@ def test_export_roundtrip_keeps_source_images(make_napari_viewer, phantom_patien
     recovery.save_recovery(pid, layer.data)
     widget = make_export_widget(viewer, tmp_path / "out")
     assert widget.selected_layer() is layer  # the tumour layer is preferred over the ground truth
-    assert not widget.overwrite_check.isChecked()
+    assert not widget.overwrite_check.value
     target = widget.export()
     assert target == tmp_path / "out" / pid
-    assert "Exported 12 slices" in widget.status_label.text()
+    assert "Exported 12 slices" in widget.status_label.value
     assert not recovery.has_recovery(pid)  # export clears the autosave
 
     original = load_patient(phantom_patient)
@@ -74,10 +74,10 @@ def test_export_roundtrip_keeps_source_images(make_napari_viewer, phantom_patien
     before = {p.name: p.read_bytes() for p in target.iterdir()}
     layer.data_setitem((np.full(3, 0), np.full(3, 1), np.arange(3)), 1)
     assert widget.export() is None
-    text = widget.status_label.text()
+    text = widget.status_label.value
     assert "already exists" in text and "Overwrite" in text
     assert {p.name: p.read_bytes() for p in target.iterdir()} == before
-    widget.overwrite_check.setChecked(True)
+    widget.overwrite_check.value = True
     assert widget.export() == target
     np.testing.assert_array_equal(load_patient(target).masks, np.asarray(layer.data))
 
@@ -92,7 +92,7 @@ def test_export_sample_phantom_writes_its_pixels(make_napari_viewer, tmp_path):
     widget = make_export_widget(viewer, tmp_path / "out")
     widget.select_layer(layer)
     target = widget.export()
-    assert target is not None, widget.status_label.text()
+    assert target is not None, widget.status_label.value
     back = load_patient(target)
     images = np.stack([viewer.layers[f"{pid} {c}"].data for c in ("pre-contrast", "FLAIR", "post-contrast")], -1)
     np.testing.assert_array_equal(back.images, images)
@@ -106,10 +106,10 @@ def test_export_needs_a_folder_and_a_layer(make_napari_viewer, tmp_path):
     viewer = make_napari_viewer()
     widget = make_export_widget(viewer, "")
     assert widget.export() is None
-    assert "Choose a Labels layer" in widget.status_label.text()
-    viewer.add_labels(np.zeros((2, 8, 8), np.uint8), name="scratch")
+    assert "Choose a Labels layer" in widget.status_label.value
+    widget.select_layer(viewer.add_labels(np.zeros((2, 8, 8), np.uint8), name="scratch"))  # chosen by the user
     assert widget.export() is None
-    assert "output folder" in widget.status_label.text()
+    assert "output folder" in widget.status_label.value
 
 
 def test_writer_contribution_roundtrip(make_napari_viewer, phantom_patient, tmp_path):
@@ -145,3 +145,48 @@ def test_writer_through_napari(make_napari_viewer, tmp_path):
     assert saved == [str(tmp_path / "export" / "P_1")]
     back = tifffile.imread(tmp_path / "export" / "P_1" / "P_1_5_mask.tif")
     np.testing.assert_array_equal(back, data[1] * 255)
+
+
+def test_export_dock_never_offers_the_ground_truth_by_default(make_napari_viewer, phantom_patient, tmp_path):
+    """issue 13, bug 6 (through the manifest): with no tumour layer, nothing is chosen (the ground truth would be
+    exported as "corrected"); a tumour layer added later is offered; a layer the user picks himself is kept."""
+    viewer = make_napari_viewer()
+    viewer.open(str(phantom_patient), plugin=PLUGIN)
+    pid = phantom_patient.name
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Export corrected masks")
+    widget.folder.value = tmp_path / "out"
+    truth = viewer.layers[f"{pid} ground truth"]
+    assert truth in widget.labels_combo.choices and widget.selected_layer() is None
+    assert widget.export() is None and "Choose a Labels layer" in widget.status_label.value
+    assert not (tmp_path / "out").exists()
+    viewer.add_labels(np.zeros((2, 8, 8), np.uint8), name="scratch")  # another non-tumour layer: still nothing
+    assert widget.selected_layer() is None
+    layer = corrected_layer(viewer, pid)
+    assert widget.selected_layer() is layer
+    widget.labels_combo.value = truth  # the user's own choice survives layer changes
+    viewer.add_labels(np.zeros((2, 8, 8), np.uint8), name="scratch 2")
+    assert widget.selected_layer() is truth
+
+
+def test_export_patient_is_callable_without_the_dock(make_napari_viewer, phantom_patient, tmp_path):
+    """The workflow's entry: the patient's tumour layer (never the ground truth), overwrite semantics, autosave."""
+    from napari_lgg_seg.widgets._common import has_unexported_edits
+    from napari_lgg_seg.widgets.export import export_patient
+
+    viewer = make_napari_viewer()
+    viewer.open(str(phantom_patient), plugin=PLUGIN)
+    pid = phantom_patient.name
+    with pytest.raises(ValueError, match="no tumour layer"):
+        export_patient(viewer, tmp_path / "out", patient_id=pid)
+    assert not (tmp_path / "out").exists()
+    layer = corrected_layer(viewer, pid)
+    recovery.save_recovery(pid, layer.data)
+    assert has_unexported_edits(layer)
+    target = export_patient(viewer, tmp_path / "out", patient_id=pid)
+    assert target == tmp_path / "out" / pid and not recovery.has_recovery(pid) and not has_unexported_edits(layer)
+    np.testing.assert_array_equal(load_patient(target).masks, np.asarray(layer.data))
+    with pytest.raises(FileExistsError):
+        export_patient(viewer, tmp_path / "out", patient_id=pid)
+    layer.data_setitem((np.full(3, 0), np.full(3, 1), np.arange(3)), 1)
+    assert export_patient(viewer, tmp_path / "out", patient_id=pid, overwrite=True) == target
+    np.testing.assert_array_equal(load_patient(target).masks, np.asarray(layer.data))

@@ -66,7 +66,7 @@ def widget(make_napari_viewer, qtbot):
 
 def run_segmentation(qtbot, w):
     worker = w.segment()
-    assert worker is not None, w.status_label.text()
+    assert worker is not None, w.status_label.value
     qtbot.waitUntil(lambda: not w.running, timeout=WAIT_MS)
     return worker
 
@@ -78,6 +78,11 @@ def segmented(qtbot, w, checkpoint: Path):
     labels = w.viewer.layers[f"{PID} tumour"]
     probs = w.viewer.layers[f"{PID} tumour probability"]
     return labels, probs
+
+
+def settled(qtbot, w) -> None:
+    """Wait for re-thresholds (made in worker threads) to reach the layer."""
+    qtbot.waitUntil(lambda: not w.postprocessing, timeout=WAIT_MS)
 
 
 def set_probabilities(labels, probs_layer, values: np.ndarray) -> None:
@@ -110,9 +115,9 @@ def test_segment_makes_paint_ready_labels(widget, qtbot, tiny_checkpoint):
     assert meta["lgg_slice_numbers"] == list(range(1, 9))
     np.testing.assert_array_equal(meta["lgg_ai_mask"], labels.data)
     np.testing.assert_allclose(labels.scale, (2.0, 0.5, 0.5))
-    assert widget.segment_button.isEnabled() and not widget.stop_button.isEnabled()
+    assert widget.segment_button.enabled and not widget.stop_button.enabled
     voxels = int(np.count_nonzero(labels.data))
-    text = widget.readout_label.text()
+    text = widget.readout_label.value
     assert f"{voxels:,} voxels" in text
     assert f"{voxels * 0.5:,.1f} mm" in text  # voxel volume 2 x 0.5 x 0.5 mm^3
 
@@ -123,24 +128,35 @@ def test_threshold_and_postprocessing_update_labels(widget, qtbot, tiny_checkpoi
     values = ramp(labels.data.shape)
     set_probabilities(labels, probs, values)
     widget.set_threshold(0.3)
+    settled(qtbot, widget)
     np.testing.assert_array_equal(labels.data, values >= 0.3)
-    widget.threshold_slider.setValue(70)  # the slider drives the same update
-    assert widget.threshold_spin.value() == pytest.approx(0.7)
+    widget.threshold.value = 0.7  # the slider drives the same update
+    settled(qtbot, widget)
+    assert widget.settings().threshold == pytest.approx(0.7)
     np.testing.assert_array_equal(labels.data, values >= 0.7)
     np.testing.assert_array_equal(labels.metadata["lgg_ai_mask"], values >= 0.7)
+    widget.set_threshold(0.2)  # made in a worker, off the GUI thread; of two quick moves the last one wins
+    assert widget.postprocessing
+    widget.set_threshold(0.6)
+    settled(qtbot, widget)
+    np.testing.assert_array_equal(labels.data, values >= 0.6)
     # two blobs: keep-largest drops the smaller one, a minimum size drops both below it
     blobs = np.zeros(labels.data.shape, np.float32)
     blobs[2:5, 10:20, 10:20] = 0.9  # 300 voxels
     blobs[6, 40:45, 40:45] = 0.9  # 25 voxels
     set_probabilities(labels, probs, blobs)
     widget.set_threshold(0.5)
+    settled(qtbot, widget)
     assert int(labels.data.sum()) == 325
-    widget.largest_check.setChecked(True)
+    widget.largest_check.value = True
+    settled(qtbot, widget)
     assert int(labels.data.sum()) == 300
-    widget.largest_check.setChecked(False)
-    widget.min_size_spin.setValue(400)
+    widget.largest_check.value = False
+    settled(qtbot, widget)
+    widget.min_size.value = 400
+    settled(qtbot, widget)
     assert int(labels.data.sum()) == 0
-    assert f"Tumour in '{PID} tumour': 0 voxels in 0 slices" in widget.readout_label.text()
+    assert f"Tumour in '{PID} tumour': 0 voxels in 0 slices" in widget.readout_label.value
 
 
 def test_threshold_change_after_an_edit_asks(widget, qtbot, tiny_checkpoint):
@@ -149,18 +165,21 @@ def test_threshold_change_after_an_edit_asks(widget, qtbot, tiny_checkpoint):
     values = ramp(labels.data.shape)
     set_probabilities(labels, probs, values)
     widget.set_threshold(0.6)
+    settled(qtbot, widget)
     labels.paint((0, 10, 10), 1)  # a brush stroke on slice 0, where the ramp is below 0.6
     edited = np.array(labels.data)
     assert int(edited.sum()) > int((values >= 0.6).sum())
 
     widget.ask = answers = Answers(False)
     widget.set_threshold(0.4)
+    settled(qtbot, widget)
     assert answers.questions == ["Discard your corrections?"]
     np.testing.assert_array_equal(labels.data, edited)  # corrections kept
-    assert widget.threshold_spin.value() == pytest.approx(0.6)  # control put back
+    assert widget.threshold.value == pytest.approx(0.6)  # control put back
 
     widget.ask = answers = Answers(True)
     widget.set_threshold(0.4)
+    settled(qtbot, widget)
     assert answers.questions == ["Discard your corrections?"]
     np.testing.assert_array_equal(labels.data, values >= 0.4)
 
@@ -172,6 +191,7 @@ def test_compare_with_ai_counts_a_known_edit(widget, qtbot, tiny_checkpoint):
     ai[3, 20:30, 20:30] = 1.0  # 100 voxels
     set_probabilities(labels, probs, ai)
     assert widget.apply_postprocessing()
+    settled(qtbot, widget)
     assert int(labels.data.sum()) == 100
     # the user erases 20 voxels of the AI mask and adds 30 elsewhere
     labels.data_setitem((np.full(20, 3), np.repeat([20, 21], 10), np.tile(np.arange(20, 30), 2)), 0)
@@ -180,7 +200,7 @@ def test_compare_with_ai_counts_a_known_edit(widget, qtbot, tiny_checkpoint):
     assert result["voxels_changed"] == 50
     assert result["voxels_added"] == 30 and result["voxels_removed"] == 20
     assert result["dice"] == pytest.approx(2 * 80 / (100 + 110))
-    text = widget.readout_label.text()
+    text = widget.readout_label.value
     assert "Dice vs AI: 0.7619" in text and "changed 50 voxels" in text
     assert "110 voxels in 2 slices" in text
 
@@ -189,30 +209,30 @@ def test_without_a_model_segment_is_refused(widget, qtbot, tmp_path):
     from napari_lgg_seg.widgets.segment import NO_MODEL_TEXT
 
     add_patient(widget.viewer)
-    assert widget.model_combo.count() == 0
-    assert widget.model_label.text() == NO_MODEL_TEXT
-    assert not widget.segment_button.isEnabled()
+    assert len(widget.model_combo.choices) == 0
+    assert widget.model_label.value == NO_MODEL_TEXT
+    assert not widget.segment_button.enabled
     assert widget.segment() is None
-    assert NO_MODEL_TEXT in widget.status_label.text()
+    assert NO_MODEL_TEXT in widget.status_label.value
     assert len(widget.viewer.layers) == 4  # nothing was added
     broken = tmp_path / "broken.pt"
     broken.write_bytes(b"not a checkpoint")
     assert not widget.add_checkpoint(broken)
-    assert "Could not load the model" in widget.model_label.text()
-    assert not widget.segment_button.isEnabled()
+    assert "Could not load the model" in widget.model_label.value
+    assert not widget.segment_button.enabled
     assert widget.add_checkpoint(make_tiny_checkpoint(tmp_path / "ok.pt"))
-    assert widget.segment_button.isEnabled()
+    assert widget.segment_button.enabled
 
 
 def test_checkpoint_card_sets_the_controls(widget, tmp_path):
     card = {"inference": {"threshold": 0.35, "tta": True, "keep_largest": True, "min_lesion_voxels": 7,
                           "fill_holes": True}}
     assert widget.add_checkpoint(make_tiny_checkpoint(tmp_path / "carded.pt", meta=card))
-    assert widget.threshold_spin.value() == pytest.approx(0.35)
-    assert widget.threshold_slider.value() == 35
-    assert widget.tta_check.isChecked() and widget.largest_check.isChecked() and widget.fill_check.isChecked()
-    assert widget.min_size_spin.value() == 7
-    assert "model card" in widget.model_label.text()
+    assert widget.threshold.value == pytest.approx(0.35)
+    assert widget.settings().threshold == pytest.approx(0.35)
+    assert widget.tta_check.value and widget.largest_check.value and widget.fill_check.value
+    assert widget.min_size.value == 7
+    assert "model card" in widget.model_label.value
 
 
 def test_registered_models_appear(widget, tmp_path):
@@ -221,12 +241,12 @@ def test_registered_models_appear(widget, tmp_path):
     path = make_tiny_checkpoint(tmp_path / "finetuned.pt")
     try:
         register_model(path, "Fine-tuned (epoch 3)")
-        labels = [widget.model_combo.itemText(i) for i in range(widget.model_combo.count())]
-        assert labels == ["Fine-tuned (epoch 3)"]
+        assert widget.model_combo.choices == (str(path.resolve()),)
+        assert widget.model_combo.current_choice == "Fine-tuned (epoch 3)"
         assert widget.loaded_model is not None and widget.loaded_model.path == str(path.resolve())
     finally:
         unregister_model(path)
-    assert widget.model_combo.count() == 0
+    assert len(widget.model_combo.choices) == 0
 
 
 class GatedModel:
@@ -286,15 +306,15 @@ def test_stop_during_the_first_batch_adds_nothing(widget, qtbot, tiny_checkpoint
     assert worker is not None
     qtbot.waitUntil(gate.entered.is_set, timeout=WAIT_MS)
     assert widget.running
-    assert not widget.segment_button.isEnabled() and widget.stop_button.isEnabled()
+    assert not widget.segment_button.enabled and widget.stop_button.enabled
     assert widget.segment() is None  # a second run cannot start
-    widget.stop_button.click()
+    widget.stop_button.native.click()
     gate.release.set()
     qtbot.waitUntil(lambda: not widget.running, timeout=WAIT_MS)
     assert gate.calls == 1  # stopped between batches
     assert [layer.name for layer in widget.viewer.layers if "tumour" in layer.name] == []
-    assert widget.status_label.text() == "Stopped; no layer was added."
-    assert widget.segment_button.isEnabled()
+    assert widget.status_label.value == "Stopped; no layer was added."
+    assert widget.segment_button.enabled
 
 
 def test_closing_the_patient_while_segmenting_is_safe(widget, qtbot, tiny_checkpoint):
@@ -308,7 +328,7 @@ def test_closing_the_patient_while_segmenting_is_safe(widget, qtbot, tiny_checkp
     gate.release.set()
     qtbot.waitUntil(lambda: not widget.running, timeout=WAIT_MS)
     assert len(widget.viewer.layers) == 0
-    assert "closed while segmenting" in widget.status_label.text()
+    assert "closed while segmenting" in widget.status_label.value
 
 
 def test_result_layers_are_added_one_event_loop_turn_apart(widget, qtbot, tiny_checkpoint):
@@ -320,7 +340,7 @@ def test_result_layers_are_added_one_event_loop_turn_apart(widget, qtbot, tiny_c
     widget.viewer.layers.events.inserted.connect(lambda e: seen.append((e.value.name, widget.running)))
     run_segmentation(qtbot, widget)
     assert seen == [(f"{PID} tumour probability", True), (f"{PID} tumour", True)]
-    assert not widget.running and widget.segment_button.isEnabled()
+    assert not widget.running and widget.segment_button.enabled
     assert widget.viewer.layers.selection.active.name == f"{PID} tumour"
     assert widget.viewer.layers[f"{PID} tumour"].mode == "paint"
     # closing the patient between two steps: the remaining steps are dropped with a message
@@ -329,7 +349,7 @@ def test_result_layers_are_added_one_event_loop_turn_apart(widget, qtbot, tiny_c
     widget._adding_result = True
     widget._run_gui_steps(patient, [lambda: widget.viewer.layers.clear(), lambda: ran.append("second step")])
     qtbot.waitUntil(lambda: not widget.running, timeout=WAIT_MS)
-    assert ran == [] and "closed while the result was being added" in widget.status_label.text()
+    assert ran == [] and "closed while the result was being added" in widget.status_label.value
 
 
 def test_single_2d_image_is_replicated(widget, qtbot, tiny_checkpoint):
@@ -425,10 +445,171 @@ def test_default_model_and_file_picker(make_napari_viewer, monkeypatch, tmp_path
     add_patient(viewer)
     w = segment_mod.SegmentWidget(viewer)
     viewer.window.add_dock_widget(w)
-    assert w.model_combo.currentText() == "Default model"
-    assert w.loaded_model.path == str(default) and w.segment_button.isEnabled()
+    assert w.model_combo.current_choice == "Default model"
+    assert w.loaded_model.path == str(default) and w.segment_button.enabled
     other = make_tiny_checkpoint(tmp_path / "other.pt", seed=1)
     monkeypatch.setattr(segment_mod.QFileDialog, "getOpenFileName", lambda *a, **k: (str(other), ""))
-    w.browse_button.click()
-    assert [w.model_combo.itemText(i) for i in range(w.model_combo.count())] == ["Default model", "other.pt"]
-    assert w.model_combo.currentText() == "other.pt" and w.loaded_model.path == str(other.resolve())
+    w.browse_button.native.click()
+    assert w.model_combo.choices == (str(default), str(other.resolve()))
+    assert w.model_combo.get_choice("Default model") == str(default)
+    assert w.model_combo.current_choice == "other.pt" and w.loaded_model.path == str(other.resolve())
+
+
+def test_a_runtime_error_in_the_worker_is_reported_and_the_dock_recovers(widget, qtbot, tiny_checkpoint,
+                                                                          monkeypatch):
+    """issue 12: superqt drops a RuntimeError raised by a generator worker (no `errored`, no `finished`), which
+    left the dock on "Segmenting..." with Segment disabled and Stop dead. The job reports it instead."""
+    import napari_lgg_seg.inference as inference
+
+    add_patient(widget.viewer)
+    assert widget.add_checkpoint(tiny_checkpoint)
+    real = inference.iter_predict_any_size
+
+    def out_of_memory(model, images, **kwargs):
+        yield 1, len(images), None
+        raise RuntimeError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(inference, "iter_predict_any_size", out_of_memory)
+    done = []
+    widget.segmentation_done.connect(lambda *args: done.append(args))
+    assert widget.segment() is not None
+    qtbot.waitUntil(lambda: not widget.running, timeout=20_000)
+    assert "failed" in widget.status_label.value and "CUDA out of memory" in widget.status_label.value
+    assert widget.segment_button.enabled and not widget.stop_button.enabled
+    assert [layer.name for layer in widget.viewer.layers if "tumour" in layer.name] == []
+    assert len(done) == 1 and done[0][:2] == (PID, None) and "CUDA out of memory" in done[0][2]
+
+    # usable again: a new run starts, and its Stop works
+    monkeypatch.setattr(inference, "iter_predict_any_size", real)
+    gate = GatedModel(widget.loaded_model.model).module
+    widget.loaded_model.model = gate
+    widget.batch_size = 2
+    assert widget.segment() is not None
+    qtbot.waitUntil(gate.entered.is_set, timeout=WAIT_MS)
+    assert widget.stop_button.enabled
+    widget.stop_button.native.click()
+    gate.release.set()
+    qtbot.waitUntil(lambda: not widget.running, timeout=WAIT_MS)
+    assert widget.status_label.value == "Stopped; no layer was added." and widget.segment_button.enabled
+    assert done[-1] == (PID, None, "Stopped; no layer was added.")
+
+
+def test_status_names_the_patient_on_screen_through_the_manifest(make_napari_viewer, qtbot, tiny_checkpoint):
+    """issue 13, bug 2: after the previous patient's layers are swapped for the next one's (as the browser does),
+    the Segment status names the patient on screen, not the old one; `segment(patient_id)` picks the patient."""
+    from napari_lgg_seg.widgets._common import safe_remove_layers
+    from napari_lgg_seg.widgets.segment import segment_current, segment_dock
+
+    viewer = make_napari_viewer()
+    w = segment_dock(viewer)
+    assert segment_dock(viewer) is w  # one dock per viewer
+    w.ask = never_ask
+    add_patient(viewer, "PATIENT_A_1")
+    add_patient(viewer, "PATIENT_B_2", seed=5)
+    assert w.add_checkpoint(tiny_checkpoint)
+    done = []
+    w.segmentation_done.connect(lambda *args: done.append(args))
+    assert segment_current(viewer, "NOT_OPEN_9") is None and "NOT_OPEN_9 is not open" in w.status_label.value
+    assert segment_current(viewer, "PATIENT_A_1") is not None
+    qtbot.waitUntil(lambda: not w.running, timeout=WAIT_MS)
+    labels = viewer.layers["PATIENT_A_1 tumour"]
+    assert done == [("PATIENT_A_1", labels, w.status_label.value)] and "Done: PATIENT_A_1" in done[0][2]
+    assert viewer.layers.selection.active is labels and labels.mode == "paint"
+    safe_remove_layers(viewer, [layer for layer in viewer.layers if "PATIENT_B_2" not in layer.name])
+    assert w.current_patient().patient_id == "PATIENT_B_2"
+    assert "PATIENT_B_2" in w.status_label.value and "PATIENT_A_1" not in w.status_label.value
+    add_patient(viewer, "PATIENT_C_3", seed=6)  # a patient opened next is the one to segment, and named
+    assert w.current_patient().patient_id == "PATIENT_C_3" and "PATIENT_C_3" in w.status_label.value
+    assert w.segment_button.enabled
+
+
+def test_result_and_ground_truth_differ_in_colour_through_the_manifest(make_napari_viewer, qtbot, tiny_checkpoint):
+    """issue 13 display: the AI result is an orange fill, the ground truth a cyan outline; the result is selected,
+    in paint mode."""
+    from napari_lgg_seg._sample_data import SAMPLE_PATIENT_ID
+    from napari_lgg_seg.display import TRUTH_COLOR, TUMOUR_COLOR
+
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-lgg-seg", "phantom")
+    _, w = viewer.window.add_plugin_dock_widget("napari-lgg-seg", "Segment tumour")
+    w.ask = never_ask
+    assert w.add_checkpoint(tiny_checkpoint)
+    w.batch_size = 24
+    w.segment_button.native.click()
+    qtbot.waitUntil(lambda: not w.running, timeout=WAIT_MS)
+    result = viewer.layers[f"{SAMPLE_PATIENT_ID} tumour"]
+    truth = viewer.layers[f"{SAMPLE_PATIENT_ID} ground truth"]
+    assert viewer.layers.selection.active is result and result.mode == "paint"
+    assert truth.contour > 0 and result.contour == 0
+
+    def rgb(layer) -> np.ndarray:
+        return np.round(np.asarray(layer.colormap.map(np.array([1])))[0, :3] * 255)
+
+    def hex_rgb(color: str) -> np.ndarray:
+        return np.array([int(color[i:i + 2], 16) for i in (1, 3, 5)], float)
+
+    np.testing.assert_allclose(rgb(result), hex_rgb(TUMOUR_COLOR))
+    np.testing.assert_allclose(rgb(truth), hex_rgb(TRUTH_COLOR))
+
+
+def test_safe_remove_layers_leaves_paint_mode_first(make_napari_viewer):
+    """issue 13, bug 1: removing the active Labels layer in paint mode and then adding layers segfaults napari;
+    `safe_remove_layers` switches it to pan_zoom and moves the selection off it before removing it."""
+    from napari_lgg_seg.widgets._common import safe_remove_layers
+
+    viewer = make_napari_viewer()
+    image = viewer.add_image(np.zeros((2, 8, 8)), name="image")
+    labels = viewer.add_labels(np.zeros((2, 8, 8), np.uint8), name="labels")
+    viewer.layers.selection.active = labels
+    labels.mode = "paint"
+    seen = []
+    viewer.layers.events.removing.connect(
+        lambda e: seen.append((viewer.layers[e.index].mode, viewer.layers.selection.active)))
+    safe_remove_layers(viewer, [labels, viewer.add_labels(np.zeros((2, 8, 8), np.uint8), name="other")])
+    assert seen == [("pan_zoom", image), ("pan_zoom", image)]
+    assert list(viewer.layers) == [image]
+    safe_remove_layers(viewer, [labels])  # already gone: nothing happens
+
+
+def test_stop_after_the_last_batch_is_reported(widget, qtbot, tiny_checkpoint, monkeypatch):
+    """Stop pressed while the worker post-processes the last batch: superqt emits neither `returned` nor `aborted`;
+    the dock still says it stopped, adds nothing and tells the workflow."""
+    import napari_lgg_seg.inference as inference
+
+    add_patient(widget.viewer)
+    assert widget.add_checkpoint(tiny_checkpoint)
+    entered, release = threading.Event(), threading.Event()
+    real = inference.postprocess
+
+    def gated_postprocess(probs, settings=None):
+        entered.set()
+        assert release.wait(60), "test never released post-processing"
+        return real(probs, settings)
+
+    monkeypatch.setattr(inference, "postprocess", gated_postprocess)
+    done = []
+    widget.segmentation_done.connect(lambda *args: done.append(args))
+    widget.batch_size = 64
+    assert widget.segment() is not None
+    qtbot.waitUntil(entered.is_set, timeout=WAIT_MS)
+    widget.stop_button.native.click()
+    release.set()
+    qtbot.waitUntil(lambda: not widget.running, timeout=WAIT_MS)
+    assert widget.status_label.value == "Stopped; no layer was added." and widget.segment_button.enabled
+    assert done == [(PID, None, "Stopped; no layer was added.")]
+    assert [layer.name for layer in widget.viewer.layers if "tumour" in layer.name] == []
+
+
+def test_a_tumour_layer_made_elsewhere_is_watched_and_autosaved(widget, qtbot):
+    """A prediction layer the dock did not make (the reader opens `segment` output folders as one): its edits update
+    the readout, Compare works, autosave keeps it."""
+    add_patient(widget.viewer)
+    ai = np.zeros((8, 64, 64), np.uint8)
+    ai[3, 20:30, 20:30] = 1
+    meta = {"lgg_patient_id": PID, "lgg_role": "prediction", "lgg_ai_mask": ai.copy()}
+    layer = widget.viewer.add_labels(ai.copy(), name=f"{PID} tumour", metadata=meta)
+    assert "100 voxels in 1 slice" in widget.readout_label.value
+    layer.paint((5, 40, 40), 1)
+    qtbot.waitUntil(lambda: f"{int(layer.data.sum()):,} voxels in 2 slices" in widget.readout_label.value)
+    assert widget.compare_with_ai()["voxels_added"] == int(layer.data.sum()) - 100
+    assert widget.autosave_now() == [recovery.recovery_path(PID)]

@@ -16,7 +16,9 @@ def sample_patient(n_slices: int = 24) -> Patient:
 
 
 def make_sample_data():
-    """Layers of the phantom patient, as the reader makes them for a real one."""
-    from ._reader import patient_layer_data
+    """Layers of the phantom patient, as the reader makes them for a real one (and shown the same way)."""
+    from ._viewer_hooks import gui_viewer, install_viewer_hooks
+    from .display import patient_layer_data
 
+    install_viewer_hooks(gui_viewer())
     return patient_layer_data(sample_patient())

@@ -9,23 +9,9 @@ import time
 import warnings
 from pathlib import Path
 
-
-class CLIError(Exception):
-    """An error with a message for the user (printed without traceback, exit code 2)."""
-
-
-def _progress_line(text: str) -> None:
-    stream = sys.stderr
-    if stream.isatty():
-        stream.write("\r" + text[:120].ljust(120))
-    else:
-        stream.write(text + "\n")
-    stream.flush()
-
-
-def _line_break() -> str:
-    """A newline that ends a carriage-return progress line on a terminal; nothing otherwise."""
-    return "\n" if sys.stderr.isatty() else ""
+from .console import CLIError, inference_settings, load_inference_model  # noqa: F401 (re-exported)
+from .console import line_break as _line_break
+from .console import progress_line as _progress_line
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -120,22 +106,21 @@ def _same_or_nested(a: Path, b: Path) -> bool:
     return a == b or a in b.parents or b in a.parents
 
 
-def load_inference_model(weights: str | None, device: str = "auto"):
-    """(LoadedModel, torch device, path) for ``--weights`` or the installed default model."""
-    from .inference import resolve_device
-    from .model import load_model_or_default
+def _segmented_from(target: Path, folder: Path) -> bool:
+    """True when ``target`` is a finished ``segment`` output made from patient ``folder``: its sidecar names that
+    folder and it holds one mask per image slice of it."""
+    from ._reader import mask_folder_source
+    from .io import parse_slice_name
 
-    loaded = load_model_or_default(weights)
-    return loaded, resolve_device(device), Path(loaded.path)
+    source = mask_folder_source(target)
+    if source is None or source.resolve() != folder.resolve():
+        return False
 
+    def numbers(path: Path, masks: bool) -> set[int]:
+        parsed = (parse_slice_name(q.name) for q in path.iterdir())
+        return {s.index for s in parsed if s is not None and s.is_mask == masks}
 
-def inference_settings(loaded, threshold: float | None = None, tta: bool | None = None):
-    """``(PostProcessing, tta)`` from the checkpoint card's inference defaults, with overrides."""
-    from .inference import card_settings
-
-    if threshold is not None and not 0.0 < threshold < 1.0:
-        raise CLIError(f"--threshold must be between 0 and 1 (exclusive); got {threshold}.")
-    return card_settings(loaded, tta, None if threshold is None else {"threshold": float(threshold)})
+    return numbers(target, True) == numbers(folder, False)
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
@@ -150,6 +135,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     if out.exists() and not out.is_dir():
         raise CLIError(f"{out}: exists and is not a folder.")
     targets: dict[Path, Path] = {}
+    skipped: set[Path] = set()
     for folder in folders:
         pid = _first_patient_id(folder) or folder.name
         target = out / sanitize_name(pid)
@@ -159,9 +145,18 @@ def cmd_segment(args: argparse.Namespace) -> int:
             raise CLIError(f"--out {out} would write into the input patient folder {folder}; choose another --out.")
         if is_patient_folder(target):
             raise CLIError(f"{target} holds image slices; segment never replaces images. Choose another --out.")
-        if target.exists() and not args.overwrite:
-            raise CLIError(f"{target} already exists; pass --overwrite to replace it or choose another --out.")
+        if target.exists() and args.skip_existing:
+            if not _segmented_from(target, folder):
+                raise CLIError(f"{target} exists but is not segment's output for {folder}; it is left as it is. "
+                               "Choose another --out.")
+            skipped.add(folder)
+        elif target.exists() and not args.overwrite:
+            raise CLIError(f"{target} already exists; pass --skip-existing (keep it, do the others), --overwrite "
+                           "(replace it) or choose another --out.")
         targets[target] = folder
+    if len(skipped) == len(folders):
+        print(f"all {len(folders)} patients are already in {out}; nothing to do", file=sys.stderr, flush=True)
+        return 0
     loaded, device, weights = load_inference_model(args.weights, args.device)
     settings, tta = inference_settings(loaded, args.threshold, args.tta)
     print(f"model {weights} on {device}; threshold {settings.threshold:g}, tta {'on' if tta else 'off'}, "
@@ -170,6 +165,9 @@ def cmd_segment(args: argparse.Namespace) -> int:
     failures: list[str] = []
     n = len(folders)
     for i, folder in enumerate(folders, 1):
+        if folder in skipped:
+            print(f"[{i}/{n}] {folder.name}: already segmented in {out}, skipped", file=sys.stderr, flush=True)
+            continue
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -218,7 +216,9 @@ def cmd_segment(args: argparse.Namespace) -> int:
     if failures:
         raise CLIError(f"{len(failures)} of {n} patients could not be read ({', '.join(failures[:5])}"
                        f"{', ...' if len(failures) > 5 else ''}); the others were written to {out}.")
-    print(f"masks of {n} patient{'s' if n != 1 else ''} written to {out}", file=sys.stderr, flush=True)
+    written = n - len(skipped)
+    print(f"masks of {written} patient{'s' if written != 1 else ''} written to {out}"
+          f"{f' ({len(skipped)} already there, skipped)' if skipped else ''}", file=sys.stderr, flush=True)
     return 0
 
 
@@ -293,7 +293,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                    help="flip test-time augmentation (default: the model card's choice)")
     p.add_argument("--threshold", type=float, help="probability threshold (default: the model card's choice)")
-    p.add_argument("--overwrite", action="store_true", help="replace existing patient folders in --out")
+    existing = p.add_mutually_exclusive_group()
+    existing.add_argument("--overwrite", action="store_true", help="replace existing patient folders in --out")
+    existing.add_argument("--skip-existing", dest="skip_existing", action="store_true",
+                          help="keep the patients already segmented into --out (resume a run) and do the others")
     p.set_defaults(func=cmd_segment)
 
     p = sub.add_parser("eda", help="exploratory data analysis of a dataset root (plots and tables)")

@@ -108,7 +108,8 @@ def run_headless(out: str | os.PathLike = "demo_output", device: str = "auto", n
         print("no default model is installed yet; writing an overview of the sample without prediction.")
         title = f"{patient.patient_id} (phantom): ground truth only, no model installed"
     else:
-        from .cli import _progress_line, inference_settings, load_inference_model
+        from .console import inference_settings, load_inference_model
+        from .console import progress_line as _progress_line
         from .inference import postprocess, predict_any_size
         from .io import write_patient_folder
         from .metrics import dice

@@ -5,6 +5,7 @@ Nothing here imports torch.
 
 from __future__ import annotations
 
+import html
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -60,6 +61,19 @@ def unregister_model(path: str | os.PathLike) -> None:
 def registered_models() -> list[tuple[str, str]]:
     """``(label, path)`` of the models registered at run time."""
     return [(label, path) for path, label in MODEL_REGISTRY.models.items()]
+
+
+_CURRENT_MODEL: dict[str, str | None] = {"path": None}
+
+
+def set_current_model_path(path: str | os.PathLike | None) -> None:
+    """Record the model a Segment dock has just loaded (offered as "Current model" by the Train dock)."""
+    _CURRENT_MODEL["path"] = os.fspath(path) if path else None
+
+
+def current_model_path() -> str | None:
+    """The checkpoint the Segment dock loaded last, or None."""
+    return _CURRENT_MODEL["path"]
 
 
 # --------------------------------------------------------------------------------------- patients
@@ -174,6 +188,35 @@ def prediction_layers(viewer, patient_id: str | None = None) -> list:
     ]
 
 
+def tumour_layer(viewer, patient_id: str | None):
+    """The patient's correction layer: the active layer if it is one of its prediction layers, else
+    ``"<PATIENT> tumour"``, else its newest prediction (or recovered) layer; never the ground truth."""
+    if patient_id is None:
+        return None
+    layers = prediction_layers(viewer, patient_id)
+    active = viewer.layers.selection.active
+    if any(layer is active for layer in layers):
+        return active
+    named = [layer for layer in layers if layer.name == f"{patient_id} tumour"]
+    return (named or layers or [None])[-1]
+
+
+def safe_remove_layers(viewer, layers) -> None:
+    """Remove layers without napari's crash (issue 13, bug 1): a Labels layer removed while active in paint mode,
+    followed by new layers, segfaults in ``glDrawArrays``. Every layer leaves its drawing mode (pan_zoom) and the
+    selection moves off the removed layers first."""
+    doomed = [layer for layer in layers if layer in viewer.layers]
+    for layer in doomed:
+        if getattr(layer, "mode", "pan_zoom") != "pan_zoom":
+            layer.mode = "pan_zoom"
+    selection = viewer.layers.selection
+    if any(layer is selection.active for layer in doomed) or any(layer in selection for layer in doomed):
+        kept = [layer for layer in viewer.layers if not any(layer is d for d in doomed)]
+        selection.active = kept[-1] if kept else None
+    for layer in doomed:
+        viewer.layers.remove(layer)
+
+
 def probability_layer_for(viewer, labels_layer):
     """The probability image linked to a prediction layer, if still open."""
     rid = (labels_layer.metadata or {}).get(RESULT_KEY)
@@ -250,6 +293,15 @@ def disconnector(connections: list):
 
 
 # --------------------------------------------------------------------------------------- dialogs
+
+ERROR_COLOUR = "#e05050"
+
+
+def status_html(text: str, error: bool = False) -> str:
+    """Rich text for a status label: ``text`` escaped (paths may hold ``<``/``&``), in red for an error."""
+    text = html.escape(text)
+    return f"<span style='color:{ERROR_COLOUR}'>{text}</span>" if error else text
+
 
 
 AskFunction = Callable[[str, str], bool]

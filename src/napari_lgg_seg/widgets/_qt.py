@@ -1,18 +1,10 @@
-"""Small Qt pieces shared by the widgets."""
+"""Small Qt pieces still used by the Train dock (``status_html`` now lives in ``_common``, Qt-free)."""
 
 from __future__ import annotations
 
-import html
-
 from qtpy.QtWidgets import QComboBox
 
-ERROR_COLOUR = "#e05050"
-
-
-def status_html(text: str, error: bool = False) -> str:
-    """Rich text for a status label: ``text`` escaped (paths may hold ``<``/``&``), in red for an error."""
-    text = html.escape(text)
-    return f"<span style='color:{ERROR_COLOUR}'>{text}</span>" if error else text
+from ._common import ERROR_COLOUR, status_html  # noqa: F401 (re-exported for the browser / train docks)
 
 
 class RefreshingComboBox(QComboBox):

@@ -17,7 +17,8 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..io import LGGFormatError, Patient, find_patient_folders, load_patient
+from .._reader import load_folder
+from ..io import LGGFormatError, Patient, find_patient_folders, is_patient_folder, load_patient
 from ._common import (
     ROLE_GROUND_TRUTH,
     ROLE_PREDICTION,
@@ -76,6 +77,9 @@ class PatientBrowser(QWidget):
         layout.addWidget(self.list, 1)
         layout.addWidget(self.status_label)
         self._update_nav()
+        from .._viewer_hooks import install_viewer_hooks
+
+        install_viewer_hooks(napari_viewer)  # the patients' layers look as the reader's (outline, one channel)
         if root:
             self.set_root(root, load=load_first)
 
@@ -88,8 +92,10 @@ class PatientBrowser(QWidget):
 
     def set_root(self, root: str | os.PathLike, load: bool = True) -> int:
         """List the patients under ``root`` (and open the first one when ``load``); returns how many."""
+        from .._reader import patient_folders
+
         root = Path(os.path.expanduser(str(root)))
-        folders = find_patient_folders(root)
+        folders = find_patient_folders(root) if is_patient_folder(root) else patient_folders(root)
         self.root_edit.setText(str(root))
         if not folders:
             self._say(f"No patient folders (with <PATIENT>_<k>.tif slices) found in {root}.", error=True)
@@ -106,6 +112,21 @@ class PatientBrowser(QWidget):
             self.show_patient(0)
         self._update_nav()
         return len(folders)
+
+    def adopt_root(self, root: str | os.PathLike, patient_id: str) -> None:
+        """List ``root``'s patients and mark ``patient_id`` as the open one; its layers are already in the viewer
+        (the reader added them), so nothing is loaded."""
+        self.set_root(root, load=False)
+        for index, folder in enumerate(self.folders):
+            if folder.name == patient_id:
+                self.current_index = index
+                self.current_patient_id = patient_id
+                self.list.blockSignals(True)
+                self.list.setCurrentRow(index)
+                self.list.blockSignals(False)
+                self._say(f"Patient {index + 1} of {len(self.folders)}: {patient_id}")
+                break
+        self._update_nav()
 
     def first_patient_layers(self) -> list[tuple]:
         """Layer-data tuples of the first patient, marked as the open one (the dataset-root reader returns them)."""
@@ -148,7 +169,7 @@ class PatientBrowser(QWidget):
                     return False
         QApplication.setOverrideCursor(_wait_cursor())
         try:
-            patient = load_patient(folder)
+            patient, extra_layers = load_folder(folder)  # a patient folder, or a segment output over its source
         except LGGFormatError as err:
             self._say(f"Cannot open {folder.name}: {err}", error=True)
             notify(f"Cannot open {folder.name}: {err}", "warning")
@@ -157,7 +178,7 @@ class PatientBrowser(QWidget):
         finally:
             QApplication.restoreOverrideCursor()
         old_shape = self._remove_patient_layers(previous) if previous is not None else None
-        self._add_patient(patient)
+        self._add_patient(patient, extra_layers)
         self._set_current(index, patient)
         if old_shape != patient.images.shape[:3]:
             self.viewer.reset_view()
@@ -183,12 +204,12 @@ class PatientBrowser(QWidget):
                 self.viewer.layers.remove(layer)
         return shape
 
-    def _add_patient(self, patient: Patient) -> None:
+    def _add_patient(self, patient: Patient, extra_layers: list[tuple] = ()) -> None:
         from napari.layers import Layer
 
         from .._reader import patient_layer_data
 
-        for data, kwargs, layer_type in patient_layer_data(patient):
+        for data, kwargs, layer_type in [*patient_layer_data(patient), *extra_layers]:
             self.viewer.add_layer(Layer.create(data, kwargs, layer_type))
 
     def _set_current(self, index: int, patient: Patient) -> None:

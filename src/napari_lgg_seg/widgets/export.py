@@ -1,4 +1,4 @@
-"""The "Export corrected masks" dock: write a corrected tumour layer as training data in the LGG layout."""
+"""The "Export corrected masks" dock (a magicgui form), and ``export_patient`` that the workflow calls without it."""
 
 from __future__ import annotations
 
@@ -6,22 +6,20 @@ import os
 from pathlib import Path
 
 import numpy as np
-from qtpy.QtWidgets import (
-    QCheckBox,
-    QFileDialog,
-    QFormLayout,
-    QHBoxLayout,
-    QLabel,
-    QLineEdit,
-    QPushButton,
-    QVBoxLayout,
-    QWidget,
-)
+from magicgui.widgets import CheckBox, Container, FileEdit, Label, PushButton, create_widget
+from qtpy.QtCore import Qt
 
 from .. import recovery
 from ..io import LGGFormatError, sanitize_name
-from ._common import ROLE_PREDICTION, PatientLayers, disconnector, find_patients, mark_exported, notify, voxels_changed
-from ._qt import RefreshingComboBox, status_html
+from ._common import (
+    ROLE_PREDICTION,
+    find_patients,
+    mark_exported,
+    notify,
+    status_html,
+    tumour_layer,
+    voxels_changed,
+)
 
 
 def _model_description(meta: dict) -> str | None:
@@ -32,152 +30,124 @@ def _model_description(meta: dict) -> str | None:
     return path or label
 
 
+def export_patient(viewer, out_root: str | os.PathLike, *, patient_id: str | None = None, layer=None,
+                   overwrite: bool = False) -> Path:
+    """Export ``layer`` (default: the tumour layer of ``patient_id``) to ``OUT/<PATIENT>/`` with the patient's source
+    images and a sidecar; marks it exported and clears its autosave. Returns the patient folder written.
+
+    Raises ``ValueError`` (nothing to export), ``FileExistsError`` (already exported; nothing written unless
+    ``overwrite``), ``LGGFormatError`` or ``OSError``.
+    """
+    from ..export import export_corrected_patient
+
+    if layer is None:
+        layer = tumour_layer(viewer, patient_id)
+        if layer is None:
+            raise ValueError(f"{patient_id or 'this patient'} has no tumour layer to export: segment it first.")
+    meta = dict(layer.metadata or {})
+    pid = patient_id or meta.get("lgg_patient_id")
+    patients = find_patients(viewer)
+    patient = patients.get(pid) if pid else None
+    if patient is None and not pid:  # a hand-made layer: the one open patient of the same shape
+        same = [p for p in patients.values() if np.shape(p.reference.data) == np.shape(layer.data)]
+        patient = same[0] if len(same) == 1 else None
+        pid = patient.patient_id if patient is not None else sanitize_name(layer.name)
+        meta = {**(patient.metadata() if patient is not None else {}), **meta}
+    masks = np.asarray(layer.data)
+    masks = masks[None] if masks.ndim == 2 else masks
+    images = None
+    if patient is not None:
+        try:
+            images = patient.volume()
+        except ValueError:
+            images = None
+        images = images if images is not None and images.shape[:3] == masks.shape else None
+    edited = voxels_changed(layer)
+    target = export_corrected_patient(os.path.expanduser(out_root), masks, meta, images=images, patient_id=pid,
+                                      model=_model_description(meta), voxels_edited=edited, overwrite=overwrite)
+    mark_exported(layer)
+    recovery.clear_recovery(pid)
+    return target
 
 
-class ExportWidget(QWidget):
-    """Choose a corrected Labels layer and an output folder; Export writes ``OUT/<PATIENT>/...``."""
+class ExportWidget(Container):
+    """Choose a corrected Labels layer and an output folder; Export writes ``OUT/<PATIENT>/...``.
 
-    def __init__(self, napari_viewer, parent=None) -> None:
-        super().__init__(parent)
+    The layer offered is the newest tumour layer; with none, nothing is chosen (never the ground truth by default).
+    """
+
+    def __init__(self, napari_viewer) -> None:
+        import napari.layers
+
         self.viewer = napari_viewer
-        form = QFormLayout()
-        self.labels_combo = RefreshingComboBox(self.refresh_layers)
-        self.labels_combo.setToolTip("The corrected tumour layer to export")
-        form.addRow("Labels layer", self.labels_combo)
-        self.folder_edit = QLineEdit()
-        self.folder_edit.setPlaceholderText("output folder (a dataset root)")
-        browse = QPushButton("Browse…")
-        browse.clicked.connect(self._browse)
-        row = QHBoxLayout()
-        row.addWidget(self.folder_edit, 1)
-        row.addWidget(browse)
-        form.addRow("Output folder", row)
-        self.overwrite_check = QCheckBox("Overwrite an existing export of the same patient")
-        self.overwrite_check.setChecked(False)
-        form.addRow(self.overwrite_check)
-        self.export_button = QPushButton("Export")
-        self.export_button.clicked.connect(self.export)
-        self.status_label = QLabel()
-        self.status_label.setWordWrap(True)
-        layout = QVBoxLayout(self)
-        layout.addLayout(form)
-        layout.addWidget(self.export_button)
-        layout.addWidget(self.status_label)
-        layout.addStretch(1)
-        connections = [(self.viewer.layers.events.inserted, self.refresh_layers),
-                       (self.viewer.layers.events.removed, self.refresh_layers)]
-        for emitter, callback in connections:
-            emitter.connect(callback)
-        self.destroyed.connect(disconnector(connections))
-        self.refresh_layers()
+        self._choosing = False  # the layer choice is being set by this widget, not the user
+        self._chosen = None  # a layer the user picked himself
+        self.labels_combo = create_widget(annotation=napari.layers.Labels, label="Labels layer",
+                                          options={"nullable": True, "tooltip": "The corrected tumour layer"})
+        self.folder = FileEdit(mode="d", nullable=True, label="Output folder", tooltip="A dataset root: OUT/<PATIENT>/ is written")
+        self.overwrite_check = CheckBox(text="Overwrite an existing export of the same patient", value=False)
+        self.export_button = PushButton(text="Export")
+        self.status_label = Label()
+        self.status_label.native.setWordWrap(True)
+        self.status_label.native.setTextFormat(Qt.TextFormat.RichText)
+        super().__init__(widgets=[self.labels_combo, self.folder, self.overwrite_check, self.export_button,
+                                  self.status_label])
+        self.labels_combo.changed.connect(self._on_choice)
+        self.export_button.clicked.connect(self.export)  # napari re-runs reset_choices when layers change
 
-    def _labels_layers(self) -> list:
-        from napari.layers import Labels
+    def _on_choice(self, layer) -> None:
+        if not self._choosing:
+            self._chosen = layer
 
-        return [layer for layer in self.viewer.layers if isinstance(layer, Labels)]
-
-    def refresh_layers(self, event=None) -> None:
-        """Rebuild the layer list; keeps the choice, else picks the newest tumour (prediction) layer."""
-        layers = self._labels_layers()
-        current = self.selected_layer()
-        new = getattr(event, "value", None) if getattr(event, "type", "") == "inserted" else None
-        if new is not None and (new.metadata or {}).get("lgg_role") == ROLE_PREDICTION:
-            current = new  # a fresh tumour layer is what one exports next
-        combo = self.labels_combo
-        combo.blockSignals(True)
-        combo.clear()
-        for layer in layers:
-            combo.addItem(layer.name, id(layer))
-        chosen = current if any(layer is current for layer in layers) else None
-        if chosen is None:
-            predictions = [la for la in layers if (la.metadata or {}).get("lgg_role") == ROLE_PREDICTION]
-            chosen = (predictions or layers or [None])[-1]
-        if chosen is not None:
-            combo.setCurrentIndex(combo.findData(id(chosen)))
-        combo.blockSignals(False)
-        self.export_button.setEnabled(bool(layers))
+    def reset_choices(self, event=None) -> None:
+        """Refresh the layer list; keeps the user's choice, else offers the newest tumour (prediction) layer."""
+        self._choosing = True
+        try:
+            super().reset_choices()
+            choices = self.labels_combo.choices
+            new = getattr(event, "value", None) if getattr(event, "type", "") == "inserted" else None
+            predictions = [la for la in choices if la is not None and (la.metadata or {}).get("lgg_role")
+                           == ROLE_PREDICTION]
+            if new is not None and any(new is la for la in predictions):
+                self._chosen = None  # a fresh tumour layer is what one exports next
+            keep = self._chosen if any(self._chosen is la for la in choices if la is not None) else None
+            self.labels_combo.value = keep or (predictions[-1] if predictions else None)
+        finally:
+            self._choosing = False
+        self.export_button.enabled = any(la is not None for la in choices)
 
     def selected_layer(self):
-        """The Labels layer chosen in the combo, or None."""
-        key = self.labels_combo.currentData() if hasattr(self, "labels_combo") else None
-        for layer in self._labels_layers():
-            if id(layer) == key:
-                return layer
-        return None
+        """The Labels layer chosen, or None."""
+        return self.labels_combo.value
 
     def select_layer(self, layer) -> None:
         """Choose a Labels layer to export."""
-        self.refresh_layers()
-        self.labels_combo.setCurrentIndex(self.labels_combo.findData(id(layer)))
+        self.reset_choices()
+        self.labels_combo.value = layer
 
-    def _browse(self) -> None:
-        folder = QFileDialog.getExistingDirectory(self, "Export corrected masks to", self.folder_edit.text())
-        if folder:
-            self.folder_edit.setText(folder)
-
-    def _patient_for(self, layer, pid: str | None) -> PatientLayers | None:
-        patients = find_patients(self.viewer)
-        if pid and pid in patients:
-            return patients[pid]
-        same_shape = [p for p in patients.values() if tuple(np.shape(p.reference.data)) == tuple(np.shape(layer.data))]
-        return same_shape[0] if len(same_shape) == 1 else None
-
-    def _say(self, text: str, error: bool = False) -> None:
-        self.status_label.setText(status_html(text, error))
+    def _say(self, text: str, error: bool = False, level: str | None = None) -> None:
+        self.status_label.value = status_html(text, error)
+        if level:
+            notify(text, level)
 
     def export(self) -> Path | None:
         """Export the chosen layer; returns the patient folder written, or None (the reason is shown)."""
-        from ..export import export_corrected_patient
-
         layer = self.selected_layer()
+        out = self.folder.value
         if layer is None:
-            self._say("Choose a Labels layer to export.", error=True)
-            return None
-        out = self.folder_edit.text().strip()
-        if not out:
-            self._say("Choose an output folder first.", error=True)
-            return None
-        meta = dict(layer.metadata or {})
-        pid = meta.get("lgg_patient_id")
-        patient = self._patient_for(layer, pid)
-        if not pid:
-            pid = patient.patient_id if patient is not None else sanitize_name(layer.name)
-            if patient is not None:
-                meta = {**patient.metadata(), **meta}
-        masks = np.asarray(layer.data)
-        if masks.ndim == 2:
-            masks = masks[None]
-        images = None
-        if patient is not None:
-            try:
-                volume = patient.volume()
-            except ValueError:
-                volume = None
-            if volume is not None and volume.shape[:3] == masks.shape:
-                images = volume
+            return self._say("Choose a Labels layer to export.", error=True)
+        if out is None:
+            return self._say("Choose an output folder first.", error=True)
         try:
-            target = export_corrected_patient(
-                os.path.expanduser(out), masks, meta, images=images, patient_id=pid,
-                model=_model_description(meta),
-                voxels_edited=voxels_changed(layer), overwrite=self.overwrite_check.isChecked(),
-            )
+            target = export_patient(self.viewer, out, layer=layer, overwrite=self.overwrite_check.value)
         except FileExistsError as err:
-            text = (f"Not exported: {err} Nothing was written. Tick 'Overwrite an existing export' to replace it, "
-                    "or choose another folder.")
-            self._say(text, error=True)
-            notify(text, "warning")
-            return None
-        except (LGGFormatError, OSError) as err:
-            text = f"Export failed: {err}"
-            self._say(text, error=True)
-            notify(text, "error")
-            return None
-        mark_exported(layer)
-        recovery.clear_recovery(pid)
+            return self._say(f"Not exported: {err} Nothing was written. Tick 'Overwrite an existing export' to "
+                             "replace it, or choose another folder.", error=True, level="warning")
+        except (LGGFormatError, OSError, ValueError) as err:
+            return self._say(f"Export failed: {err}", error=True, level="error")
         edited = voxels_changed(layer)
-        text = f"Exported {masks.shape[0]} slices of {pid} to {target}"
-        if edited is not None:
-            text += f" ({edited:,} voxels corrected)"
-        self._say(text + ".")
-        notify(text, "info")
+        slices = 1 if layer.ndim == 2 else layer.data.shape[0]
+        text = f"Exported {slices} slices of {target.name} to {target}"
+        text += f" ({edited:,} voxels corrected)" if edited is not None else ""
+        self._say(text + ".", level="info")
         return target

@@ -1,4 +1,4 @@
-"""The "Segment tumour" dock: one-click U-Net segmentation of the open patient, ready for the brush.
+"""The "Segment tumour" dock (a magicgui form): one-click U-Net segmentation of the open patient, ready for the brush.
 
 torch is imported lazily (inside functions), so opening napari does not import it.
 """
@@ -11,25 +11,26 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
-from qtpy.QtCore import Qt, QTimer
-from qtpy.QtWidgets import (
-    QCheckBox,
-    QComboBox,
-    QDoubleSpinBox,
-    QFileDialog,
-    QFormLayout,
-    QHBoxLayout,
-    QLabel,
-    QProgressBar,
-    QPushButton,
-    QSlider,
-    QSpinBox,
-    QVBoxLayout,
-    QWidget,
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FloatSlider,
+    Label,
+    ProgressBar,
+    PushButton,
+    SpinBox,
+    create_widget,
 )
+from napari.qt.threading import thread_worker
+from psygnal import Signal
+from qtpy.QtCore import Qt, QTimer
+from qtpy.QtWidgets import QFileDialog, QSizePolicy
+from superqt import QCollapsible
 
 from .. import recovery
 from ..metrics import dice
+from ..recovery import mask_digest
 from ._common import (
     AI_MASK_KEY,
     MODEL_REGISTRY,
@@ -46,10 +47,13 @@ from ._common import (
     probability_layer_for,
     qt_ask,
     registered_models,
+    safe_remove_layers,
+    set_current_model_path,
+    status_html,
+    tumour_layer,
     volume_readout,
     voxels_changed,
 )
-from ._qt import RefreshingComboBox, status_html
 
 NO_MODEL_TEXT = "No default model is installed; choose a checkpoint file (.pt)"
 OPEN_PATIENT_TEXT = ("Open a patient first: File > Open (an LGG patient folder) or "
@@ -58,44 +62,74 @@ DEFAULT_MODEL_LABEL = "Default model"
 AUTOSAVE_INTERVAL_MS = 30_000
 
 
+@thread_worker(start_thread=False)
 def _segment_job(model, images: np.ndarray, device: str, tta: bool, batch_size: int, settings=None,
                  size: int = 256):
-    """Worker generator: yields ``(done, total)`` between batches and returns ``(probabilities, mask)``,
-    both (Z, H, W); slices far from the model's training ``size`` are resized for it and back (the same rule
-    as the CLI), and the mask is post-processed with ``settings`` here, off the GUI thread."""
-    from ..inference import iter_predict_any_size, postprocess
+    """Worker generator: yields ``(done, total)`` between batches and returns ``(probabilities, mask)`` (Z, H, W),
+    the mask post-processed here, off the GUI thread; slices far from ``size`` are resized (the CLI's rule).
 
-    _import_layer_modules()
-    probs = None
-    for done, total, p in iter_predict_any_size(model, images, size=size, device=device, batch_size=batch_size,
-                                                tta=tta):
-        if p is not None:
-            probs = p
-        yield done, total
-    return probs, postprocess(probs, settings)
+    Any error is returned as its message (a ``str``): superqt drops a RuntimeError raised by a generator worker
+    (torch allocation failure, CUDA out of memory) without ``errored`` or ``finished``, which hung the dock.
+    """
+    try:
+        from ..inference import iter_predict_any_size, postprocess
 
-
-def _import_layer_modules() -> None:
-    """Import what adding the result layers needs, in the worker: the first Labels layer of a session
-    otherwise spends ~0.1 s importing modules on the GUI thread."""
-    import napari._vispy.layers.image  # noqa: F401
-    import napari._vispy.layers.labels  # noqa: F401
-    import napari.layers.labels  # noqa: F401
-    import scipy.ndimage  # noqa: F401
+        for module in ("napari._vispy.layers.image", "napari._vispy.layers.labels", "scipy.ndimage"):
+            __import__(module)  # otherwise the first Labels layer of a session imports these on the GUI thread
+        probs = None
+        for done, total, p in iter_predict_any_size(model, images, size=size, device=device,
+                                                    batch_size=batch_size, tta=tta):
+            probs = p if p is not None else probs
+            yield done, total
+        return probs, postprocess(probs, settings)
+    except Exception as err:  # noqa: BLE001 - reported in the dock, never lost
+        return f"{type(err).__name__}: {err}"
 
 
+@thread_worker(start_thread=False)
+def _postprocess_job(probs: np.ndarray, settings) -> np.ndarray:
+    """Worker: the mask of ``probs`` with ``settings`` (80-110 ms for a real patient: too long for the GUI thread)."""
+    from ..inference import postprocess
+
+    return postprocess(probs, settings)
 
 
-class SegmentWidget(QWidget):
-    """Segment the selected patient with a U-Net and hand the result to the brush.
+def _later(callback) -> None:
+    """Run ``callback`` on the next event-loop turn; nothing if the dock was closed meanwhile."""
 
-    ``ask(title, text) -> bool`` asks the user yes/no questions; replace it in tests.
+    def run() -> None:
+        try:
+            callback()
+        except RuntimeError:  # the dock's Qt objects are gone
+            pass
+
+    QTimer.singleShot(0, run)
+
+
+def _wrap(label: Label, rich: bool = False) -> Label:
+    label.native.setWordWrap(True)
+    label.native.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
+    if rich:  # text made by status_html: escaped, so Qt must not guess
+        label.native.setTextFormat(Qt.TextFormat.RichText)
+    return label
+
+
+class SegmentWidget(Container):
+    """Segment the chosen patient with a U-Net and hand the result to the brush.
+
+    ``ask(title, text) -> bool`` asks the user yes/no questions; replace it in tests. ``segmentation_done``
+    ``(patient_id, labels layer or None, message)`` is emitted once per run, when the result is ready for the brush
+    (None after an error, Stop, or a discarded result).
     """
 
-    def __init__(self, napari_viewer, parent=None) -> None:
-        super().__init__(parent)
+    segmentation_done = Signal(str, object, str)
+
+    def __init__(self, napari_viewer) -> None:
+        import napari.layers
+
+        from ..inference import available_devices
+
         self.viewer = napari_viewer
-        self.ask = qt_ask(self)
         self.batch_size = 8
         self._worker = None
         self._adding_result = False  # result layers being added, one event-loop turn per step
@@ -105,236 +139,157 @@ class SegmentWidget(QWidget):
         self._loaded = None
         self._setting_controls = False
         self._compare_text = ""
+        self._patient_id: str | None = None
         self._recovery_offered: set[str] = set()
-        self._pending_recovery: list[str] = []
         self._last_autosave: dict[int, str] = {}
-        self._connected_layers: list = []
-        self._build()
+        self._reported = False  # the current run's end was reported (status + segmentation_done)
+        self._postprocessing: list[tuple] = []  # (worker, labels layer) of re-thresholds in flight
+
+        self.image_combo = create_widget(annotation=napari.layers.Image, label="Image",
+                                         options={"tooltip": "The patient to segment: any of its image layers"})
+        self.model_combo = ComboBox(choices=self._model_choices)
+        self.browse_button = PushButton(text="Checkpoint…", tooltip="Load a U-Net checkpoint (.pt)")
+        model_row = Container(widgets=[self.model_combo, self.browse_button], layout="horizontal", labels=False,
+                              label="Model")
+        model_row.margins = (0, 0, 0, 0)
+        self.model_label = _wrap(Label(), rich=True)
+        self.threshold = FloatSlider(label="Threshold", min=0.05, max=0.95, step=0.05, value=0.5, tracking=False)
+        self.device_combo = ComboBox(label="Device", choices=available_devices())
+        self.tta_check = CheckBox(text="Test-time augmentation (left-right flip)",
+                                  tooltip="Average with the flipped image's prediction: slower, slightly smoother")
+        self.largest_check = CheckBox(text="Keep largest 3D component")
+        self.fill_check = CheckBox(text="Fill holes in each slice")
+        self.min_size = SpinBox(label="Minimum lesion (voxels)", max=10_000_000, step=10,
+                                tooltip="Remove 3D lesions smaller than this many voxels (0: keep all)")
+        self.min_size.native.setKeyboardTracking(False)
+        options = Container(widgets=[self.device_combo, self.tta_check, self.largest_check, self.fill_check,
+                                     self.min_size])
+        self.segment_button = PushButton(text="Segment")
+        self.stop_button = PushButton(text="Stop", enabled=False)
+        self.progress = ProgressBar(min=0, max=1, value=0, label="")
+        self.progress.native.setFormat("%v / %m slices")
+        buttons = Container(widgets=[self.segment_button, self.stop_button, self.progress], layout="horizontal",
+                            labels=False)
+        buttons.margins = (0, 0, 0, 0)
+        self.status_label = _wrap(Label(), rich=True)
+        self.readout_label = _wrap(Label())
+        self.compare_button = PushButton(text="Compare with AI", enabled=False,
+                                         tooltip="Dice between the AI output and your corrected labels")
+        form = Container(widgets=[self.image_combo, model_row, self.threshold])
+        form.margins = (0, 0, 0, 0)
+        super().__init__(widgets=[form, self.model_label, buttons, self.status_label, self.readout_label,
+                                  self.compare_button], labels=False)
+        self.ask = qt_ask(self.native)
+        self.more_options = more = QCollapsible("More options")  # collapsed: a short dock (issue 13, bug 5)
+        more.addWidget(options.native)
+        more.setContentsMargins(0, 0, 0, 0)
+        self.native.layout().insertWidget(2, more)
+
+        self.image_combo.changed.connect(self._on_patient_changed)
+        self.model_combo.changed.connect(self._on_model_changed)
+        self.browse_button.clicked.connect(self._browse_checkpoint)
+        for control in (self.threshold, self.largest_check, self.fill_check, self.min_size):
+            control.changed.connect(self.apply_postprocessing)
+        self.segment_button.clicked.connect(lambda: self.segment())
+        self.stop_button.clicked.connect(self.stop)
+        self.compare_button.clicked.connect(self.compare_with_ai)
 
         layers = self.viewer.layers
-        self._connections = [
-            (layers.events.inserted, self._on_layer_inserted),
-            (layers.events.removed, self._on_layer_removed),
-            (layers.events.moved, self._refresh_patients),
-            (layers.selection.events.active, self._on_active_changed),
-            (MODEL_REGISTRY.changed, self._on_registry_changed),
-        ]
+        self._connections = [(layers.events.inserted, self._on_layer_inserted),
+                             (layers.events.removed, self._on_layers_changed),
+                             (layers.selection.events.active, self._on_labels_edited),
+                             (MODEL_REGISTRY.changed, self._on_registry_changed)]
         for emitter, callback in self._connections:
             emitter.connect(callback)
-        self.destroyed.connect(disconnector(self._connections))
-
-        self._recovery_timer = QTimer(self)
-        self._recovery_timer.setSingleShot(True)
-        self._recovery_timer.timeout.connect(self._process_recovery_queue)
-        self.autosave_timer = QTimer(self)
+        self.native.destroyed.connect(disconnector(self._connections))
+        self.autosave_timer = QTimer(self.native)
         self.autosave_timer.setInterval(AUTOSAVE_INTERVAL_MS)
         self.autosave_timer.timeout.connect(self.autosave_now)
         self.autosave_timer.start()
-
-        self._refresh_patients()
-        self._refresh_models()
         for layer in prediction_layers(self.viewer):
             self._watch_labels(layer)
         for pid, patient in find_patients(self.viewer).items():
             if patient.is_lgg:
                 self._queue_recovery_check(pid)
-        self.update_readout()
-
-    # ------------------------------------------------------------------------------------ UI
-
-    def _build(self) -> None:
-        form = QFormLayout()
-        self.patient_combo = RefreshingComboBox(self._refresh_patients)
-        self.patient_combo.setToolTip("The patient to segment (from the layers the LGG reader made)")
-        self.patient_combo.currentIndexChanged.connect(self._on_patient_changed)
-        form.addRow("Patient", self.patient_combo)
-
-        self.model_combo = QComboBox()
-        self.model_combo.currentIndexChanged.connect(self._on_model_changed)
-        self.browse_button = QPushButton("Checkpoint…")
-        self.browse_button.setToolTip("Load a U-Net checkpoint (.pt) saved by napari-lgg-seg")
-        self.browse_button.clicked.connect(self._browse_checkpoint)
-        row = QHBoxLayout()
-        row.addWidget(self.model_combo, 1)
-        row.addWidget(self.browse_button)
-        form.addRow("Model", row)
-        self.model_label = QLabel()
-        self.model_label.setWordWrap(True)
-        form.addRow(self.model_label)
-
-        self.device_combo = QComboBox()
-        form.addRow("Device", self.device_combo)
-
-        self.threshold_slider = QSlider(Qt.Orientation.Horizontal)
-        self.threshold_slider.setRange(5, 95)
-        self.threshold_slider.setTracking(False)
-        self.threshold_spin = QDoubleSpinBox()
-        self.threshold_spin.setRange(0.05, 0.95)
-        self.threshold_spin.setSingleStep(0.05)
-        self.threshold_spin.setDecimals(2)
-        self.threshold_spin.setKeyboardTracking(False)
-        self.threshold_spin.setValue(0.5)
-        self.threshold_slider.setValue(50)
-        self.threshold_slider.valueChanged.connect(lambda v: self.threshold_spin.setValue(v / 100))
-        self.threshold_spin.valueChanged.connect(self._on_threshold_spin)
-        row = QHBoxLayout()
-        row.addWidget(self.threshold_slider, 1)
-        row.addWidget(self.threshold_spin)
-        form.addRow("Threshold", row)
-
-        self.tta_check = QCheckBox("Test-time augmentation (left-right flip)")
-        self.tta_check.setToolTip("Average with the flipped image's prediction: slower, slightly smoother")
-        form.addRow(self.tta_check)
-        self.largest_check = QCheckBox("Keep largest 3D component")
-        self.largest_check.toggled.connect(self.apply_postprocessing)
-        form.addRow(self.largest_check)
-        self.fill_check = QCheckBox("Fill holes in each slice")
-        self.fill_check.toggled.connect(self.apply_postprocessing)
-        form.addRow(self.fill_check)
-        self.min_size_spin = QSpinBox()
-        self.min_size_spin.setRange(0, 10_000_000)
-        self.min_size_spin.setSingleStep(10)
-        self.min_size_spin.setKeyboardTracking(False)
-        self.min_size_spin.setToolTip("Remove 3D lesions smaller than this many voxels (0: keep all)")
-        self.min_size_spin.valueChanged.connect(self.apply_postprocessing)
-        form.addRow("Minimum lesion (voxels)", self.min_size_spin)
-
-        self.segment_button = QPushButton("Segment")
-        self.segment_button.clicked.connect(self.segment)
-        self.stop_button = QPushButton("Stop")
-        self.stop_button.setEnabled(False)
-        self.stop_button.clicked.connect(self.stop)
-        buttons = QHBoxLayout()
-        buttons.addWidget(self.segment_button, 1)
-        buttons.addWidget(self.stop_button)
-        self.progress = QProgressBar()
-        self.progress.setRange(0, 1)
-        self.progress.setValue(0)
-        self.progress.setFormat("%v / %m slices")
-        self.status_label = QLabel()
-        self.status_label.setWordWrap(True)
-        self.readout_label = QLabel()
-        self.readout_label.setWordWrap(True)
-        self.readout_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        self.compare_button = QPushButton("Compare with AI")
-        self.compare_button.setToolTip("Dice between the AI output and your corrected labels, and voxels changed")
-        self.compare_button.clicked.connect(self.compare_with_ai)
-
-        layout = QVBoxLayout(self)
-        layout.addLayout(form)
-        layout.addLayout(buttons)
-        layout.addWidget(self.progress)
-        layout.addWidget(self.status_label)
-        layout.addWidget(self.readout_label)
-        layout.addWidget(self.compare_button)
-        layout.addStretch(1)
+        self._on_model_changed()
 
     # ------------------------------------------------------------------------------- patients
 
-    def _patients(self) -> dict[str, PatientLayers]:
-        return find_patients(self.viewer)
-
-    def _refresh_patients(self, event=None, select: str | None = None) -> None:
-        patients = self._patients()
-        current = select or self.patient_combo.currentData()
-        combo = self.patient_combo
-        combo.blockSignals(True)
-        combo.clear()
-        for pid, patient in patients.items():
-            combo.addItem(patient.label, pid)
-        index = combo.findData(current) if current is not None else -1
-        if index < 0 and combo.count():
-            index = combo.count() - 1
-        combo.setCurrentIndex(index)
-        combo.blockSignals(False)
-        self._update_buttons()
-        self.update_readout()
+    def reset_choices(self, *args) -> None:
+        """Refresh the layer and model lists (napari calls this when layers change); shows the patient's FLAIR."""
+        super().reset_choices(*args)
+        patient = self.current_patient()
+        if patient is not None and self.image_combo.value is not patient.reference:
+            self.select_patient(patient.patient_id)
+        self._on_patient_changed()
 
     def current_patient(self) -> PatientLayers | None:
-        """The patient chosen in the combo (None when no image layer is open)."""
-        pid = self.patient_combo.currentData()
-        return self._patients().get(pid) if pid is not None else None
+        """The patient of the chosen image layer (None when no image layer is open)."""
+        layer = self.image_combo.value
+        if layer is None or layer not in self.viewer.layers:
+            return None
+        for patient in find_patients(self.viewer).values():
+            if any(member is layer for member in patient.channels.values()):
+                return patient
+        return find_patients(self.viewer).get((layer.metadata or {}).get("lgg_patient_id"))
 
     def select_patient(self, patient_id: str) -> None:
-        """Choose a patient by id."""
-        self._refresh_patients(select=patient_id)
-
-    def _on_patient_changed(self, index: int) -> None:
-        self._compare_text = ""
-        self._update_buttons()
-        self.update_readout()
+        """Choose a patient by id (its FLAIR, or its only image)."""
+        self.image_combo.reset_choices()
+        patient = find_patients(self.viewer).get(patient_id)
+        if patient is not None and patient.reference in self.image_combo.choices:
+            self.image_combo.value = patient.reference
 
     def _on_layer_inserted(self, event) -> None:
         layer = event.value
-        meta = layer.metadata or {}
-        select = None
-        if meta.get("lgg_role") not in (ROLE_PREDICTION, ROLE_PROBABILITY):
-            for pid, patient in self._patients().items():
+        role = (layer.metadata or {}).get("lgg_role")
+        if role == ROLE_PREDICTION and hasattr(layer.events, "paint"):  # also the reader's (a `segment` output)
+            self._watch_labels(layer)
+        elif role != ROLE_PROBABILITY:
+            for pid, patient in find_patients(self.viewer).items():
                 if any(member is layer for member in patient.channels.values()):
-                    select = pid
+                    self.select_patient(pid)  # a newly opened patient is the one to segment
                     if patient.is_lgg:
                         self._queue_recovery_check(pid)
-                    break
-        self._refresh_patients(select=select)
+        self._on_layers_changed()
 
-    def _on_layer_removed(self, event) -> None:
-        layer = event.value
-        self._last_autosave.pop(id(layer), None)
-        self._refresh_patients()
+    def _on_layers_changed(self, event=None) -> None:
+        if event is not None and getattr(event, "type", "") == "removed":
+            self._last_autosave.pop(id(event.value), None)
+        self.reset_choices()
 
-    def _on_active_changed(self, event=None) -> None:
-        self._compare_text = ""
+    def _on_patient_changed(self, *args) -> None:
+        patient = self.current_patient()
+        pid = patient.patient_id if patient is not None else None
+        if pid != self._patient_id:  # the status names the patient on screen (issue 13, bug 2)
+            self._patient_id = pid
+            self._compare_text = ""
+            if not self.running:
+                layer = tumour_layer(self.viewer, pid)
+                self._say("" if patient is None or self._loaded is None else f"{patient.label}: " + (
+                    f"'{layer.name}' is ready for the brush." if layer is not None else "press Segment."))
+        self._update_buttons()
         self.update_readout()
 
     # --------------------------------------------------------------------------------- models
 
-    def _model_entries(self) -> list[tuple[str, str]]:
+    def _model_choices(self, _widget=None) -> list[tuple[str, str]]:
         from ..model import default_model_path
 
-        entries: list[tuple[str, str]] = []
         default = default_model_path()
-        if default is not None:
-            entries.append((DEFAULT_MODEL_LABEL, os.fspath(default)))
-        entries += registered_models()
-        entries += [(label, path) for path, label in self._checkpoint_files.items()]
-        seen, unique = set(), []
-        for label, path in entries:
-            if path not in seen:
-                seen.add(path)
-                unique.append((label, path))
-        return unique
-
-    def _refresh_models(self, select: str | None = None) -> None:
-        if not self.device_combo.count():
-            from ..inference import available_devices
-
-            self.device_combo.addItems(available_devices())
-        entries = self._model_entries()
-        current = select or self.model_combo.currentData()
-        combo = self.model_combo
-        combo.blockSignals(True)
-        combo.clear()
-        for label, path in entries:
-            combo.addItem(label, path)
-            combo.setItemData(combo.count() - 1, path, Qt.ItemDataRole.ToolTipRole)
-        index = combo.findData(current) if current is not None else -1
-        combo.setCurrentIndex(index if index >= 0 else (0 if combo.count() else -1))
-        combo.blockSignals(False)
-        combo.setEnabled(combo.count() > 0)
-        if combo.currentData() != (self._loaded.path if self._loaded is not None else None):
-            self._on_model_changed()
-        elif not combo.count():
-            self._loaded = None
-            self._show_model_state()
+        entries = [(DEFAULT_MODEL_LABEL, os.fspath(default))] if default is not None else []
+        entries += registered_models() + [(label, path) for path, label in self._checkpoint_files.items()]
+        return list({path: (label, path) for label, path in reversed(entries)}.values())[::-1]
 
     def _on_registry_changed(self) -> None:
         try:
-            self._refresh_models()
+            self.model_combo.reset_choices()
+            self._on_model_changed()
         except RuntimeError:  # the Qt side of this widget is gone
             pass
 
     def _browse_checkpoint(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Choose a U-Net checkpoint", "",
+        path, _ = QFileDialog.getOpenFileName(self.native, "Choose a U-Net checkpoint", "",
                                               "PyTorch checkpoints (*.pt *.pth);;All files (*)")
         if path:
             self.add_checkpoint(path)
@@ -343,44 +298,38 @@ class SegmentWidget(QWidget):
         """Add a checkpoint file to the model list and select it; False (and a message) if it cannot be loaded."""
         key = os.fspath(Path(path).expanduser().resolve())
         self._checkpoint_files[key] = label or Path(key).name
-        self._refresh_models(select=key)
+        self.model_combo.reset_choices()
+        if self.model_combo.value != key:
+            self.model_combo.value = key
+        else:
+            self._on_model_changed()
         return self._loaded is not None and self._loaded.path == key
 
-    def _on_model_changed(self, index: int | None = None) -> None:
-        path = self.model_combo.currentData()
-        self._loaded = None
-        if path is None:
-            self._show_model_state()
-            return
+    def _on_model_changed(self, *args) -> None:
         from ..model import CheckpointError, load_model
 
-        loaded = self._models.get(path)
-        if loaded is None:
+        path = self.model_combo.value
+        if self._loaded is not None and self._loaded.path == path:
+            return
+        self._loaded, error = None, None
+        if path is not None:
             try:
-                loaded = load_model(path)
+                self._loaded = self._models.get(path) or load_model(path)
+                self._models[path] = self._loaded
             except (CheckpointError, OSError) as err:
                 self._checkpoint_files.pop(path, None)
-                self._show_model_state(error=str(err))
-                return
-            self._models[path] = loaded
-        self._loaded = loaded
-        defaults = loaded.inference_defaults
-        if defaults:
-            self.set_postprocessing_controls(defaults)
-        self._show_model_state()
-
-    def _show_model_state(self, error: str | None = None) -> None:
-        if error:
-            self.model_label.setText(status_html(f"Could not load the model: {error}", error=True))
-        elif self.model_combo.count() == 0:
-            self.model_label.setText(NO_MODEL_TEXT)
-        elif self._loaded is None:
-            self.model_label.setText("Choose a model.")
-        else:
+                error = f"Could not load the model: {err}"
+        if self._loaded is not None:
+            set_current_model_path(self._loaded.path)
             defaults = self._loaded.inference_defaults
+            if defaults:
+                self.set_postprocessing_controls(defaults)
             note = "defaults from its model card" if defaults else "no model card defaults; using the settings below"
-            self.model_label.setText(f"Loaded {Path(self._loaded.path).name} ({note})")
-        self.model_label.setToolTip(self._loaded.path if self._loaded is not None else "")
+            text = f"Loaded {Path(self._loaded.path).name} ({note})"
+        else:
+            text = error or (NO_MODEL_TEXT if not self.model_combo.choices else "Choose a model.")
+        self.model_label.value = status_html(text, error=bool(error))
+        self.model_label.tooltip = self._loaded.path if self._loaded is not None else ""
         self._update_buttons()
 
     @property
@@ -394,89 +343,72 @@ class SegmentWidget(QWidget):
         """The post-processing settings in the controls (``inference.PostProcessing``)."""
         from ..inference import PostProcessing
 
-        return PostProcessing(threshold=round(self.threshold_spin.value(), 4),
-                              min_lesion_voxels=int(self.min_size_spin.value()),
-                              keep_largest=self.largest_check.isChecked(),
-                              fill_holes=self.fill_check.isChecked())
+        return PostProcessing(threshold=round(float(self.threshold.value), 4), min_lesion_voxels=self.min_size.value,
+                              keep_largest=self.largest_check.value, fill_holes=self.fill_check.value)
 
     def set_postprocessing_controls(self, values: dict) -> None:
         """Set threshold / TTA / post-processing controls without re-thresholding anything."""
         self._setting_controls = True
         try:
             if "threshold" in values:
-                t = float(np.clip(float(values["threshold"]), 0.05, 0.95))
-                self.threshold_spin.setValue(t)
-                self.threshold_slider.setValue(round(t * 100))
-            if "tta" in values:
-                self.tta_check.setChecked(bool(values["tta"]))
-            if "min_lesion_voxels" in values:
-                self.min_size_spin.setValue(int(values["min_lesion_voxels"]))
-            if "keep_largest" in values:
-                self.largest_check.setChecked(bool(values["keep_largest"]))
-            if "fill_holes" in values:
-                self.fill_check.setChecked(bool(values["fill_holes"]))
+                self.threshold.value = float(np.clip(float(values["threshold"]), 0.05, 0.95))
+            for key, control, kind in (("tta", self.tta_check, bool), ("keep_largest", self.largest_check, bool),
+                                       ("fill_holes", self.fill_check, bool), ("min_lesion_voxels", self.min_size, int)):
+                if key in values:
+                    control.value = kind(values[key])
         finally:
             self._setting_controls = False
 
     def set_threshold(self, value: float) -> None:
         """Move the threshold as the user would (re-thresholds the current result)."""
-        self.threshold_spin.setValue(value)
-
-    def _on_threshold_spin(self, value: float) -> None:
-        self.threshold_slider.blockSignals(True)
-        self.threshold_slider.setValue(round(value * 100))
-        self.threshold_slider.blockSignals(False)
-        self.apply_postprocessing()
+        self.threshold.value = value
 
     def current_prediction_layer(self):
-        """The selected patient's tumour Labels layer (the active one if it is such a layer)."""
+        """The chosen patient's tumour Labels layer (the active one if it is such a layer)."""
         patient = self.current_patient()
-        if patient is None:
-            return None
-        layers = prediction_layers(self.viewer, patient.patient_id)
-        if not layers:
-            return None
-        active = self.viewer.layers.selection.active
-        if any(layer is active for layer in layers):
-            return active
-        named = [layer for layer in layers if layer.name == f"{patient.patient_id} tumour"]
-        return (named or layers)[-1]
+        return tumour_layer(self.viewer, patient.patient_id) if patient is not None else None
 
     def apply_postprocessing(self, *args) -> bool:
         """Recompute the current result's labels from its stored probabilities with the controls' settings.
 
-        Asks before replacing labels the user has edited; returns True when the labels were updated.
+        Asks before replacing labels the user has edited; the mask is made in a worker (``postprocessing`` is True
+        until it is in the layer); returns True when a recompute started.
         """
-        if self._setting_controls:
-            return False
         layer = self.current_prediction_layer()
         prob_layer = probability_layer_for(self.viewer, layer) if layer is not None else None
-        if prob_layer is None:
+        if self._setting_controls or prob_layer is None:
+            return False
+        changed = voxels_changed(layer)
+        if changed and not any(job_layer is layer for _, job_layer in self._postprocessing) and not self.ask(
+                "Discard your corrections?",
+                f"'{layer.name}' has {changed:,} voxels you corrected. Changing the threshold or post-processing "
+                "recomputes the mask from the AI probabilities and discards those corrections.\n\nRecompute anyway?"):
+            self.set_postprocessing_controls(layer.metadata.get("lgg_postprocessing") or {})
+            self._say("Kept your corrections; post-processing unchanged.")
             return False
         settings = self.settings()
-        changed = voxels_changed(layer)
-        if changed:
-            ok = self.ask(
-                "Discard your corrections?",
-                f"'{layer.name}' has {changed:,} voxels you corrected. Changing the threshold or "
-                "post-processing recomputes the mask from the AI probabilities and discards those "
-                "corrections.\n\nRecompute anyway?",
-            )
-            if not ok:
-                previous = layer.metadata.get("lgg_postprocessing") or {}
-                self.set_postprocessing_controls(previous)
-                self.status_label.setText("Kept your corrections; post-processing unchanged.")
-                return False
-        from ..inference import postprocess
+        worker = _postprocess_job(np.asarray(prob_layer.data, dtype=np.float32), settings)
+        job = (worker, layer)
+        worker.returned.connect(lambda mask: self._set_mask(layer, prob_layer, settings, mask))
+        worker.errored.connect(lambda err: self._say(f"Post-processing failed: {err}", error=True))
+        worker.finished.connect(lambda: self._postprocessing.remove(job))
+        self._postprocessing.append(job)
+        worker.start()
+        return True
 
-        probs = np.asarray(prob_layer.data, dtype=np.float32)
-        mask = postprocess(probs, settings)
+    @property
+    def postprocessing(self) -> bool:
+        """True while a re-threshold / post-processing of the current result runs in a worker."""
+        return bool(self._postprocessing)
+
+    def _set_mask(self, layer, prob_layer, settings, mask: np.ndarray) -> None:
+        """Apply a re-thresholded mask, unless the controls moved on (a later run applies) or the result changed."""
+        if settings != self.settings() or probability_layer_for(self.viewer, layer) is not prob_layer:
+            return
         layer.metadata[AI_MASK_KEY] = mask.copy()
         layer.metadata["lgg_postprocessing"] = asdict(settings)
         layer.data = mask
-        self._compare_text = ""
-        self.update_readout()
-        return True
+        self._on_labels_edited()
 
     # ----------------------------------------------------------------------------- segmenting
 
@@ -485,64 +417,58 @@ class SegmentWidget(QWidget):
         """True while a segmentation runs or its result is being added to the viewer."""
         return self._worker is not None or self._adding_result
 
+    def _say(self, text: str, error: bool = False) -> None:
+        self.status_label.value = status_html(text, error)
+
     def _update_buttons(self) -> None:
         running = self.running
-        self.segment_button.setEnabled(not running and self._loaded is not None and self.current_patient() is not None)
-        self.stop_button.setEnabled(running)
-        self.browse_button.setEnabled(not running)
-        self.model_combo.setEnabled(not running and self.model_combo.count() > 0)
-        self.device_combo.setEnabled(not running)
-        if running:
-            return
-        hint = ""
-        if self._loaded is None and self.model_combo.count() == 0:
-            hint = NO_MODEL_TEXT
-        elif self.current_patient() is None:
-            hint = OPEN_PATIENT_TEXT
-        if self.status_label.text() in ("", NO_MODEL_TEXT, OPEN_PATIENT_TEXT):
-            self.status_label.setText(hint)
+        self.segment_button.enabled = not running and self._loaded is not None and self.current_patient() is not None
+        self.stop_button.enabled = running and self._worker is not None
+        for control in (self.browse_button, self.model_combo, self.device_combo, self.image_combo):
+            control.enabled = not running
+        hint = NO_MODEL_TEXT if not self.model_combo.choices else (
+            OPEN_PATIENT_TEXT if self.current_patient() is None else "")
+        if not running and self.status_label.value in {status_html(t) for t in ("", NO_MODEL_TEXT, OPEN_PATIENT_TEXT)}:
+            self._say(hint)
 
-    def segment(self):
-        """Start segmenting the selected patient in a worker thread; returns the worker or None."""
+    def segment(self, patient_id: str | None = None):
+        """Segment the chosen patient (or ``patient_id``) in a worker thread; returns the worker, or None with the
+        reason in the status line."""
         if self.running:
             return None
+        if patient_id is not None:
+            self.select_patient(patient_id)
         patient = self.current_patient()
-        if self._loaded is None:
-            self.status_label.setText(NO_MODEL_TEXT if self.model_combo.count() == 0 else "Choose a model first.")
+        if patient_id is not None and (patient is None or patient.patient_id != patient_id):
+            self._say(f"{patient_id} is not open; nothing was segmented.", error=True)
             return None
-        if patient is None:
-            self._update_buttons()
+        if self._loaded is None or patient is None:
+            self._say(NO_MODEL_TEXT if not self.model_combo.choices else
+                      "Choose a model first." if self._loaded is None else OPEN_PATIENT_TEXT)
             return None
         pid = patient.patient_id
-        for layer in prediction_layers(self.viewer, pid):
-            if layer.name == f"{pid} tumour" and has_unexported_edits(layer):
-                if not self.ask("Replace your corrections?",
-                                f"'{layer.name}' has corrections that were not exported. Segmenting again "
-                                "replaces them.\n\nSegment anyway?"):
-                    return None
+        layer = self.viewer.layers[f"{pid} tumour"] if f"{pid} tumour" in self.viewer.layers else None
+        if layer is not None and has_unexported_edits(layer) and not self.ask(
+                "Replace your corrections?", f"'{layer.name}' has corrections that were not exported. Segmenting "
+                "again replaces them.\n\nSegment anyway?"):
+            return None
         try:
             images = patient.volume()
         except ValueError as err:
-            self.status_label.setText(f"Cannot segment: {err}")
+            self._say(f"Cannot segment: {err}", error=True)
             return None
-        from napari.qt.threading import create_worker
-
         settings = self.settings()
-        self._job = {"patient": patient, "model": self._loaded, "model_label": self.model_combo.currentText(),
+        self._job = {"patient": patient, "model": self._loaded, "model_label": self.model_combo.current_choice,
                      "shape": np.shape(patient.reference.data), "settings": settings}
-        worker = create_worker(_segment_job, self._loaded.model, images, self.device_combo.currentText() or "auto",
-                               self.tta_check.isChecked(), int(self.batch_size), settings,
-                               self._loaded.training_size, _start_thread=False,
-                               _ignore_errors=True)
+        worker = _segment_job(self._loaded.model, images, self.device_combo.value or "auto", self.tta_check.value,
+                              int(self.batch_size), settings, self._loaded.training_size)
         worker.yielded.connect(self._on_progress)
         worker.returned.connect(self._on_result)
-        worker.errored.connect(self._on_error)
-        worker.aborted.connect(self._on_aborted)
+        worker.aborted.connect(lambda: self._finish(pid, None, "Stopped; no layer was added."))
         worker.finished.connect(self._on_finished)
-        self._worker = worker
-        self.progress.setRange(0, max(images.shape[0], 1))
-        self.progress.setValue(0)
-        self.status_label.setText(f"Segmenting {pid}…")
+        self._worker, self._reported = worker, False
+        self.progress.max, self.progress.value = max(images.shape[0], 1), 0
+        self._say(f"Segmenting {pid}…")
         self._update_buttons()
         worker.start()
         return worker
@@ -551,74 +477,69 @@ class SegmentWidget(QWidget):
         """Ask the running segmentation to stop after the current batch."""
         if self._worker is not None:
             self._worker.quit()
-            self.stop_button.setEnabled(False)
-            self.status_label.setText("Stopping after the current batch…")
+            self.stop_button.enabled = False
+            self._say("Stopping after the current batch…")
 
     def _on_progress(self, value) -> None:
         done, total = value
-        self.progress.setRange(0, max(int(total), 1))
-        self.progress.setValue(int(done))
-
-    def _on_error(self, err) -> None:
-        self.status_label.setText(f"Segmentation failed: {err}")
-        notify(f"Segmentation failed: {err}", "error")
-
-    def _on_aborted(self) -> None:
-        self.status_label.setText("Stopped; no layer was added.")
+        self.progress.max, self.progress.value = max(int(total), 1), int(done)
 
     def _on_finished(self) -> None:
         self._worker = None
-        self._job = None
+        if not self._adding_result and not self._reported:  # stopped after the last batch: no `aborted`
+            self._finish(self._job["patient"].patient_id, None, "Stopped; no layer was added.")
         self._update_buttons()
+
+    def _finish(self, pid: str, layer, message: str, error: bool = False) -> None:
+        """The end of a run: the status line, and ``segmentation_done`` for the workflow."""
+        self._reported = True
+        self._say(message, error)
+        if error:
+            notify(message, "error")
+        self.segmentation_done.emit(pid, layer, message)
 
     def _on_result(self, result) -> None:
         job = self._job
-        if job is None or result is None:
+        if job is None:
             return
-        probs, mask = result
         patient: PatientLayers = job["patient"]
+        pid = patient.patient_id
+        if isinstance(result, str):
+            return self._finish(pid, None, f"Segmentation of {pid} failed: {result}", error=True)
         if not patient.alive(self.viewer):
-            self.status_label.setText(f"The layers of {patient.patient_id} were closed while segmenting; "
-                                      "the result was discarded.")
-            return
+            return self._finish(pid, None, f"The layers of {pid} were closed while segmenting; the result was "
+                                "discarded.")
+        probs, mask = result
         shape = job["shape"]
         probs = np.asarray(probs, np.float32)
         if len(shape) == 2:
             probs, mask = probs[0], mask[0]
         if probs.shape != tuple(shape):
-            self.status_label.setText(f"The result {probs.shape} does not fit the image {tuple(shape)}; discarded.")
-            return
+            return self._finish(pid, None, f"The result {probs.shape} does not fit the image {tuple(shape)}; "
+                                "discarded.", error=True)
         if self.settings() != job["settings"]:  # the controls changed while the worker ran
-            mask = None
+            from ..inference import postprocess
+
+            mask = postprocess(probs, self.settings())
         self._add_result(patient, probs, job["model"], job["model_label"], mask)
 
-    def _add_result(self, patient: PatientLayers, probs: np.ndarray, loaded, model_label: str,
-                    mask: np.ndarray | None = None):
-        """Add (or update) the probability and Labels layers; ``mask`` is computed here when not given."""
-        from ..inference import postprocess
+    def _add_result(self, patient: PatientLayers, probs: np.ndarray, loaded, model_label: str, mask: np.ndarray):
+        """Add (or update) the probability and Labels layers, one event-loop turn apart."""
+        from ..display import TUMOUR_COLOR, labels_colormap
 
-        settings = self.settings()
-        if mask is None:
-            mask = postprocess(probs, settings)
-        pid = patient.patient_id
-        ref = patient.reference
-        rid = uuid.uuid4().hex
-        base = patient.metadata()
-        geometry = {"scale": ref.scale, "translate": ref.translate}
-        prob_meta = {**base, "lgg_role": ROLE_PROBABILITY, RESULT_KEY: rid}
-        label_meta = {**base, "lgg_role": ROLE_PREDICTION, RESULT_KEY: rid, "lgg_model": loaded.path,
-                      "lgg_model_label": model_label, AI_MASK_KEY: mask.copy(),
-                      "lgg_postprocessing": asdict(settings)}
+        pid, ref, rid = patient.patient_id, patient.reference, uuid.uuid4().hex
         name = f"{pid} tumour"
+        geometry = {"scale": ref.scale, "translate": ref.translate}
+        prob_meta = {**patient.metadata(), "lgg_role": ROLE_PROBABILITY, RESULT_KEY: rid}
+        label_meta = {**patient.metadata(), "lgg_role": ROLE_PREDICTION, RESULT_KEY: rid, "lgg_model": loaded.path,
+                      "lgg_model_label": model_label, AI_MASK_KEY: mask.copy(),
+                      "lgg_postprocessing": asdict(self.settings())}
         state: dict = {}
 
         def place_probabilities() -> None:
-            existing = [layer for layer in prediction_layers(self.viewer, pid) if layer.name == name]
-            state["labels"] = existing[-1] if existing else None
+            state["labels"] = next((la for la in prediction_layers(self.viewer, pid) if la.name == name), None)
             if state["labels"] is not None:
-                old_prob = probability_layer_for(self.viewer, state["labels"])
-                if old_prob is not None:
-                    self.viewer.layers.remove(old_prob)
+                safe_remove_layers(self.viewer, [probability_layer_for(self.viewer, state["labels"])])
             self.viewer.add_image(probs, name=f"{pid} tumour probability", visible=False, colormap="magma",
                                   contrast_limits=(0.0, 1.0), metadata=prob_meta, **geometry)
 
@@ -628,73 +549,66 @@ class SegmentWidget(QWidget):
                 labels.metadata = label_meta
                 labels.data = mask
             else:
-                labels = self.viewer.add_labels(mask, name=name, opacity=0.5, metadata=label_meta, **geometry)
+                labels = self.viewer.add_labels(mask, name=name, opacity=0.6, metadata=label_meta,
+                                                colormap=labels_colormap(TUMOUR_COLOR), **geometry)
                 self._watch_labels(labels)
             state["labels"] = labels
 
         def ready_for_the_brush() -> None:
             labels = state["labels"]
-            labels.selected_label = 1
-            labels.brush_size = 10
-            labels.mode = "paint"
-            self.viewer.layers.selection.active = labels
+            self._ready_for_the_brush(labels)
             self._compare_text = ""
-            self.status_label.setText(f"Done: {pid} segmented with {model_label}. Correct it with the brush "
-                                      "(label 1 = tumour, 0 = erase).")
             self.update_readout()
-            if int(mask.sum()) == 0:
-                notify(f"{pid}: the model found no tumour at threshold {settings.threshold:.2f}", "info")
+            self._finish(pid, labels, f"Done: {pid} segmented with {model_label}. Correct it with the brush "
+                                      "(label 1 = tumour, 0 = erase).")
+            if not mask.any():
+                notify(f"{pid}: the model found no tumour at threshold {self.settings().threshold:.2f}", "info")
 
         self._adding_result = True
         self._run_gui_steps(patient, [place_probabilities, place_labels, ready_for_the_brush])
 
+    def _ready_for_the_brush(self, labels) -> None:
+        """Select ``labels`` in paint mode with the tumour label and a 10-px brush."""
+        labels.selected_label, labels.brush_size = 1, 10
+        self.viewer.layers.selection.active = labels
+        labels.mode = "paint"
+
     def _run_gui_steps(self, patient: PatientLayers, steps: list) -> None:
-        """Run GUI-thread steps one event-loop turn apart, so that the window repaints and reacts between
-        them (adding each layer costs napari 0.1-0.3 s); stops if the patient's layers are closed meanwhile."""
+        """Run GUI-thread steps one event-loop turn apart, so that the window repaints and reacts between them
+        (adding each layer costs napari 0.1-0.3 s); stops if the patient's layers are closed meanwhile."""
         if steps and not patient.alive(self.viewer):
-            self.status_label.setText(f"The layers of {patient.patient_id} were closed while the result was "
-                                      "being added; it was discarded.")
+            self._finish(patient.patient_id, None, f"The layers of {patient.patient_id} were closed while the "
+                         "result was being added; it was discarded.")
             steps = []
         if not steps:
-            self._adding_result = False
+            self._adding_result, self._job = False, None
             self._update_buttons()
             return
         steps[0]()
-
-        def next_step() -> None:
-            try:
-                self._run_gui_steps(patient, steps[1:])
-            except RuntimeError:  # the dock was closed meanwhile (its Qt object is gone)
-                pass
-
-        QTimer.singleShot(0, next_step)
+        _later(lambda: self._run_gui_steps(patient, steps[1:]))
 
     # -------------------------------------------------------------------------- edits, readout
 
     def _watch_labels(self, layer) -> None:
-        if any(layer is known for known in self._connected_layers):
-            return
-        self._connected_layers.append(layer)
         for emitter in (layer.events.paint, layer.events.data):
+            emitter.disconnect(self._on_labels_edited)
             emitter.connect(self._on_labels_edited)
             self._connections.append((emitter, self._on_labels_edited))
 
     def _on_labels_edited(self, event=None) -> None:
         self._compare_text = ""
-        self.update_readout()
+        if getattr(event, "type", "") == "paint":  # napari emits it before writing an edit made in code
+            _later(self.update_readout)
+        else:
+            self.update_readout()
 
     def update_readout(self) -> None:
         """Show tumour voxels, slices and volume of the current result (and the last comparison)."""
         layer = self.current_prediction_layer()
-        if layer is None:
-            self.readout_label.setText("")
-            self.compare_button.setEnabled(False)
-            return
-        text = f"Tumour in '{layer.name}': " + volume_readout(np.asarray(layer.data), layer.scale)
-        if self._compare_text:
-            text += "\n" + self._compare_text
-        self.readout_label.setText(text)
-        self.compare_button.setEnabled(ai_mask_of(layer) is not None)
+        text = "" if layer is None else f"Tumour in '{layer.name}': " + volume_readout(layer.data, layer.scale)
+        self.readout_label.value = text + (f"\n{self._compare_text}" if text and self._compare_text else "")
+        self.readout_label.visible = bool(text)
+        self.compare_button.enabled = layer is not None and ai_mask_of(layer) is not None
 
     def compare_with_ai(self) -> dict | None:
         """Dice between the AI output and the current labels, and voxels changed; shown in the readout."""
@@ -704,15 +618,12 @@ class SegmentWidget(QWidget):
             self._compare_text = "No AI output to compare with."
             self.update_readout()
             return None
-        labels = np.asarray(layer.data)
-        result = {
-            "dice": dice(ai, labels),
-            "voxels_changed": int(np.count_nonzero((ai > 0) != (labels > 0))),
-            "voxels_added": int(np.count_nonzero((labels > 0) & (ai == 0))),
-            "voxels_removed": int(np.count_nonzero((labels == 0) & (ai > 0))),
-        }
-        self._compare_text = (f"Dice vs AI: {result['dice']:.4f}; you changed {result['voxels_changed']:,} voxels "
-                              f"(+{result['voxels_added']:,} / -{result['voxels_removed']:,})")
+        labels = np.asarray(layer.data) > 0
+        added, removed = int(np.count_nonzero(labels & (ai == 0))), int(np.count_nonzero(~labels & (ai > 0)))
+        result = {"dice": dice(ai, labels), "voxels_changed": added + removed, "voxels_added": added,
+                  "voxels_removed": removed}
+        self._compare_text = (f"Dice vs AI: {result['dice']:.4f}; you changed {added + removed:,} voxels "
+                              f"(+{added:,} / -{removed:,})")
         self.update_readout()
         return result
 
@@ -723,76 +634,70 @@ class SegmentWidget(QWidget):
         saved = []
         for layer in prediction_layers(self.viewer):
             pid = (layer.metadata or {}).get("lgg_patient_id")
-            if not pid or not has_unexported_edits(layer):
-                continue
-            data = np.asarray(layer.data)
-            digest = recovery.mask_digest(data)
-            if self._last_autosave.get(id(layer)) == digest:
+            digest = mask_digest(np.asarray(layer.data))
+            if not pid or not has_unexported_edits(layer) or self._last_autosave.get(id(layer)) == digest:
                 continue
             try:
-                path = recovery.save_recovery(pid, data, ai_mask=ai_mask_of(layer),
-                                              info={"layer": layer.name,
-                                                    "lgg_model": layer.metadata.get("lgg_model"),
-                                                    "lgg_model_label": layer.metadata.get("lgg_model_label")})
+                saved.append(recovery.save_recovery(pid, np.asarray(layer.data), ai_mask=ai_mask_of(layer), info={
+                    "layer": layer.name, **{k: layer.metadata.get(k) for k in ("lgg_model", "lgg_model_label")}}))
             except OSError as err:
-                self.status_label.setText(f"Autosave failed: {err}")
+                self._say(f"Autosave failed: {err}", error=True)
                 continue
             self._last_autosave[id(layer)] = digest
-            saved.append(path)
         return saved
 
     def _queue_recovery_check(self, patient_id: str) -> None:
-        if patient_id in self._recovery_offered or patient_id in self._pending_recovery:
-            return
-        self._pending_recovery.append(patient_id)
-        self._recovery_timer.start(0)
-
-    def _process_recovery_queue(self) -> None:
-        pending, self._pending_recovery = self._pending_recovery, []
-        for pid in pending:
-            self.check_recovery(pid)
+        if patient_id not in self._recovery_offered:
+            _later(lambda: self.check_recovery(patient_id))
 
     def check_recovery(self, patient_id: str):
         """Offer to restore an autosaved correction of the patient (once per session); returns the layer."""
-        if patient_id in self._recovery_offered or not recovery.has_recovery(patient_id):
-            return None
-        patient = self._patients().get(patient_id)
-        if patient is None:
+        patient = find_patients(self.viewer).get(patient_id)
+        if patient_id in self._recovery_offered or patient is None or not recovery.has_recovery(patient_id):
             return None
         self._recovery_offered.add(patient_id)
         rec = recovery.load_recovery(patient_id)
-        if rec is None:
+        if rec is None or any(mask_digest(np.asarray(la.data)) == mask_digest(rec.mask)
+                              for la in prediction_layers(self.viewer, patient_id)):
             return None
-        for layer in prediction_layers(self.viewer, patient_id):
-            if recovery.mask_digest(np.asarray(layer.data)) == recovery.mask_digest(rec.mask):
-                return None
-        voxels = int(np.count_nonzero(rec.mask))
         if not self.ask("Restore autosaved corrections?",
-                        f"Corrections of {patient_id} autosaved at {rec.saved} ({voxels:,} tumour voxels) were "
-                        f"found in {rec.path}.\n\nRestore them as a layer '{patient_id} tumour (recovered)'?"):
+                        f"Corrections of {patient_id} autosaved at {rec.saved} ({int(np.count_nonzero(rec.mask)):,} "
+                        f"tumour voxels) were found in {rec.path}.\n\nRestore them as a layer "
+                        f"'{patient_id} tumour (recovered)'?"):
             return None
         return self.restore_recovery(patient, rec)
 
     def restore_recovery(self, patient: PatientLayers, rec: recovery.Recovery):
         """Add a recovered correction as '<PATIENT> tumour (recovered)'."""
+        from ..display import TUMOUR_COLOR, labels_colormap
+
         ref = patient.reference
         shape = tuple(np.shape(ref.data))
-        mask = rec.mask.reshape(shape) if rec.mask.size == int(np.prod(shape)) else None
-        if mask is None:
-            self.status_label.setText(f"The autosave of {patient.patient_id} has shape {rec.mask.shape}, but the "
-                                      f"open patient has {shape}; not restored (file kept: {rec.path}).")
+        if rec.mask.size != int(np.prod(shape)):
+            self._say(f"The autosave of {patient.patient_id} has shape {rec.mask.shape}, but the open patient has "
+                      f"{shape}; not restored (file kept: {rec.path}).", error=True)
             return None
+        mask = rec.mask.reshape(shape).astype(np.uint8)
         meta = {**patient.metadata(), "lgg_role": ROLE_PREDICTION, "lgg_recovered": True,
                 "lgg_model": rec.info.get("lgg_model"), "lgg_model_label": rec.info.get("lgg_model_label")}
         if rec.ai_mask is not None and rec.ai_mask.size == mask.size:
             meta[AI_MASK_KEY] = rec.ai_mask.reshape(shape)
-        layer = self.viewer.add_labels(mask.astype(np.uint8), name=f"{patient.patient_id} tumour (recovered)",
-                                       opacity=0.5, metadata=meta, scale=ref.scale, translate=ref.translate)
-        self._last_autosave[id(layer)] = recovery.mask_digest(mask)
+        layer = self.viewer.add_labels(mask, name=f"{patient.patient_id} tumour (recovered)", opacity=0.6,
+                                       colormap=labels_colormap(TUMOUR_COLOR), metadata=meta, scale=ref.scale,
+                                       translate=ref.translate)
+        self._last_autosave[id(layer)] = mask_digest(mask)
         self._watch_labels(layer)
-        layer.selected_label = 1
-        layer.brush_size = 10
-        layer.mode = "paint"
-        self.viewer.layers.selection.active = layer
-        self.status_label.setText(f"Restored the autosaved corrections of {patient.patient_id}.")
+        self._ready_for_the_brush(layer)
+        self._say(f"Restored the autosaved corrections of {patient.patient_id}.")
         return layer
+
+
+def segment_dock(viewer) -> SegmentWidget:
+    """The viewer's Segment dock, opened through the plugin's manifest when it is not docked yet."""
+    return viewer.window.add_plugin_dock_widget("napari-lgg-seg", "Segment tumour")[1]
+
+
+def segment_current(viewer, patient_id: str | None = None):
+    """Segment ``patient_id`` (default: the dock's patient) with the Segment dock's model and settings; returns the
+    worker, or None (the reason is in the dock's status). The result arrives through ``segmentation_done``."""
+    return segment_dock(viewer).segment(patient_id)
