@@ -44,7 +44,7 @@ from napari_lgg_seg import inference, training
 from napari_lgg_seg.config import TrainConfig
 from napari_lgg_seg.data import SliceStore
 from napari_lgg_seg.losses import make_loss
-from napari_lgg_seg.model import UNet
+from napari_lgg_seg.model import ModelConfig, UNet
 from napari_lgg_seg.transforms import augment_batch, normalize, volume_channel_stats
 
 
@@ -88,7 +88,8 @@ class Variant:
     """A model + optimiser + the settings of one way of training."""
 
     def __init__(self, name: str, model: torch.nn.Module, device: torch.device, *, channels_last: bool,
-                 precision: str, crop_size: int | None, batch_size: int, seed: int) -> None:
+                 precision: str, crop_size: int | None, batch_size: int, seed: int,
+                 config: TrainConfig | None = None, store: SliceStore | None = None) -> None:
         self.name = name
         self.device = device
         self.channels_last = channels_last
@@ -98,8 +99,9 @@ class Variant:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-3)
         self.loss_fn = make_loss("weighted_bce_dice")
-        self.config = TrainConfig(batch_size=batch_size, crop_size=crop_size,
-                                  tumour_fraction=0.5 if crop_size else None)
+        self.config = config or TrainConfig(batch_size=batch_size, crop_size=crop_size,
+                                            tumour_fraction=0.5 if crop_size else None)
+        self.store = store  # the variant's own slices (the recipe's are resized to its image_size), else the shared
         self.rng = np.random.default_rng(seed)
         self.gen = torch.Generator().manual_seed(seed)
         self.data_times: list[float] = []
@@ -117,6 +119,7 @@ class Variant:
     def step(self, store: SliceStore, record: bool) -> float:
         """One step: the data pipeline, then forward/backward/update; returns the loss."""
         c = self.config
+        store = self.store or store
         t0 = time.perf_counter()
         idx = self.rng.integers(len(store.images), size=c.batch_size)
         tumour = store.tumour_slices
@@ -145,6 +148,7 @@ class Variant:
         return value
 
     def pixels_per_sample(self, store: SliceStore) -> int:
+        store = self.store or store
         size = self.config.crop_size
         return size * size if size else int(store.images.shape[1] * store.images.shape[2])
 
@@ -169,8 +173,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--steps", type=int, default=10, help="timed steps per variant")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per variant first")
-    parser.add_argument("--crop-size", type=int, default=128,
-                        help="also time the product on C x C crops (the shipped config's 128); 0 leaves it out")
+    parser.add_argument("--crop-size", type=int, default=0,
+                        help="also time the product on C x C crops (the previous recipe's 128); 0 leaves it out")
+    parser.add_argument("--recipe", type=Path, default=Path(__file__).resolve().parents[1] / "training" / "configs"
+                        / "default.toml", help="also time this training config's own step (its model, image size, "
+                        "augmentation), as the product runs it and in forced fp32")
     parser.add_argument("--device", default="cpu", help="cpu / cuda / mps / auto")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -201,10 +208,25 @@ def main(argv: list[str] | None = None) -> dict:
     if args.crop_size:
         variants.append(Variant(f"product_crop{args.crop_size}", base, device, channels_last=product_cl, precision="auto",
                                 crop_size=args.crop_size, batch_size=args.batch_size, seed=args.seed))
+    if args.recipe:
+        recipe = TrainConfig.from_file(args.recipe)
+        recipe.batch_size = args.batch_size
+        model = UNet(ModelConfig(features=tuple(recipe.model_features), bottleneck=recipe.model_bottleneck,
+                                 norm=recipe.model_norm))
+        side = recipe.image_size
+        small = SliceStore(store.patient_ids, inference.resize_images(store.images, (side, side)),
+                           (inference.resize_probabilities(torch.from_numpy(store.masks).float(), (side, side))
+                            >= 0.5).to(torch.uint8).numpy(), store.stats, store.patient_of_slice, store.offsets)
+        for precision in (recipe.precision, "fp32"):
+            cl = training.training_memory_format(device, precision) == torch.channels_last
+            variants.append(Variant(f"{recipe.name}_{precision}", model, device, channels_last=cl, precision=precision,
+                                    crop_size=None, batch_size=args.batch_size, seed=args.seed, config=recipe,
+                                    store=small))
     for v in variants:
         print(f"  {v.name:18s} {'channels_last' if v.channels_last else 'NCHW'}, "
               f"{'bf16 autocast' if v.bf16 else 'fp32'}, "
-              f"{f'{v.config.crop_size}x{v.config.crop_size} crops' if v.config.crop_size else 'whole slices'}, "
+              f"{f'{v.config.crop_size}x{v.config.crop_size} crops' if v.config.crop_size else 'whole slices'} of "
+              f"{(v.store or store).images.shape[1]} px, {v.model.config.norm} norm, "
               f"batch {args.batch_size}")
     flops_px = train_flops_per_pixel(base, 256 if size >= 256 else -(-size // 16) * 16)
     print(f"  forward+backward: {flops_px * 256 * 256 / 1e9:.1f} GFLOP per 256x256 slice\n")
