@@ -8,6 +8,7 @@ the held-out fold, intact and with missing sequences simulated (pre/post replace
     python training/crossval.py run --data ../shared/lgg/kaggle_3m --config training/configs/default.toml \\
         --folds 3 --fold 0 --out ~/runs/cv/default [--set missing_both=0 ...]
     python training/crossval.py summarize ~/runs/cv/default [--out ~/runs/cv/default/summary.json]
+    python training/crossval.py table training/results/crossval/*.json     # the README's table
     python training/crossval.py pack --data ../shared/lgg/kaggle_3m --size 128 --out /tmp/lgg128
         # a resized copy of the non-test patients in the dataset layout (for a machine without the data);
         # training at image_size 128 reads it exactly as it reads the 256-px originals
@@ -151,6 +152,26 @@ def summarize_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def table(args: argparse.Namespace) -> int:
+    """The README's comparison table from ``summarize`` outputs (``name=path.json`` or paths)."""
+    print("| recipe (3-fold CV, 53 non-test patients) | intact: mean / median / < 0.5 | FLAIR-only: mean / median "
+          "/ < 0.5 | no post-contrast: mean | FLAIR-only loss: mean / worst | empty-slice FP | best post-processing "
+          "(mean) |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for item in args.summaries:
+        name, _, path = item.rpartition("=")
+        s = json.loads(Path(path).read_text())
+        i, f, n = s["intact"], s["flair_only"], s["no_post"]
+        best = s.get("postprocessing", {}).get("chosen")
+        post = (f"t {best['threshold']}, min {best['min_lesion_voxels']}, largest {'yes' if best['keep_largest'] else 'no'}, "
+                f"holes {'yes' if best['fill_holes'] else 'no'} ({best['patient_dice_mean']:.3f})" if best else "")
+        print(f"| {name or Path(path).stem} | {i['patient_dice_mean']:.3f} / {i['patient_dice_median']:.3f} / "
+              f"{i['below_0.5']} | {f['patient_dice_mean']:.3f} / {f['patient_dice_median']:.3f} / {f['below_0.5']} | "
+              f"{n['patient_dice_mean']:.3f} | {s['flair_only_drop']['mean']:.3f} / {s['flair_only_drop']['max']:.3f} "
+              f"| {s['empty_slice_fp_rate']:.3f} | {post} |")
+    return 0
+
+
 def pack(args: argparse.Namespace) -> int:
     import tifffile
 
@@ -190,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--data", nargs="*", default=[], help="with --postprocessing: the data the folds were scored on")
     s.add_argument("--postprocessing", action="store_true", help="grid-search post-processing on the pooled folds")
     s.add_argument("--out", default=None)
+    t = sub.add_parser("table", help="Markdown table of summarize outputs")
+    t.add_argument("summaries", nargs="+", metavar="[NAME=]SUMMARY.json")
     p = sub.add_parser("pack", help="resized copy of the non-test patients")
     p.add_argument("--data", nargs="+", required=True)
     p.add_argument("--size", type=int, default=128)
@@ -198,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         a.add_argument("--split-config", default=str(Path(__file__).with_name("configs") / "default.toml"),
                        help="the config whose seeded split defines the test patients (never loaded here)")
     args = parser.parse_args(argv)
-    return {"run": run_fold, "summarize": summarize_run, "pack": pack}[args.command](args)
+    return {"run": run_fold, "summarize": summarize_run, "pack": pack, "table": table}[args.command](args)
 
 
 if __name__ == "__main__":
