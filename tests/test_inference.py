@@ -304,3 +304,23 @@ def test_postprocess_takes_a_single_slice():
     mask = postprocess(probs, settings)
     assert mask.shape == (32, 32) and int(mask.sum()) == 36
     np.testing.assert_array_equal(mask, postprocess(probs[None], settings)[0])
+
+
+def test_non_finite_probabilities_are_an_error_naming_the_checkpoint(volume):
+    """A model whose weights became NaN in memory (load_model refuses such files) must not read as 'no tumour'."""
+    from napari_lgg_seg.inference import NonFiniteOutputError, predict_any_size
+
+    tiny_model = UNet(ModelConfig.from_dict(TINY)).eval()
+    with torch.no_grad():
+        tiny_model.head.bias.fill_(float("nan"))
+    tiny_model.source_path = "/models/broken.pt"
+    with pytest.raises(NonFiniteOutputError, match="/models/broken.pt: the network produced NaN"):
+        predict_volume(tiny_model, volume, device="cpu")
+    with pytest.raises(NonFiniteOutputError):
+        predict_any_size(tiny_model, volume, size=128, device="cpu")
+
+
+@pytest.mark.parametrize("batch_size", [0, -1, 2.5, True])
+def test_bad_batch_size_raises(tiny_model, volume, batch_size):
+    with pytest.raises(ValueError, match="batch size"):
+        predict_volume(tiny_model, volume, device="cpu", batch_size=batch_size)

@@ -98,7 +98,7 @@ class TrainConfig:
         """Check every field's type (from the dataclass annotations, so new fields are covered) and range
         (``FIELD_RULES``); raises ``ConfigError`` naming the first bad field."""
         for f in fields(self):
-            problem = field_problem(f.name, getattr(self, f.name))
+            problem = field_problem(f.name, getattr(self, f.name), type(self))
             if problem:
                 raise ConfigError(f"{f.name} {problem}")
         if self.crop_size is not None and self.crop_size > self.image_size:
@@ -115,13 +115,13 @@ class TrainConfig:
                               f"the limit of {MAX_PARAMETERS:,}")
 
 
-def field_problem(name: str, value: Any) -> str | None:
+def field_problem(name: str, value: Any, cls: type | None = None) -> str | None:
     """Why ``value`` is not valid for the ``TrainConfig`` field ``name`` ("must be ...; got ..."), or None.
 
     The type comes from the field's annotation, the range from ``FIELD_RULES``; the CLI's options
     (``cli.config_option``), the dock and config files all go through this one check.
     """
-    annotation = typing.get_type_hints(TrainConfig).get(name, object)
+    annotation = typing.get_type_hints(cls or TrainConfig).get(name, object)
     if not _matches(value, annotation):
         return f"must be {_describe(annotation)}; got {value!r} ({type(value).__name__})"
     rule = FIELD_RULES.get(name)
