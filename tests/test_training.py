@@ -340,7 +340,7 @@ def test_validation_without_tumour_still_selects_best_and_says_so(phantom_root, 
     reports = run(config, [phantom_root], tmp_path / "run")
     done = reports[-1]
     assert done["selected_on"] == "slice_dice" and done["best"] >= 0 and done["best_epoch"] in (1, 2)
-    assert done["best_path"] == str(tmp_path / "run" / "best.pt")
+    assert done["best_saved"] and done["best_path"] == str(tmp_path / "run" / "best.pt")
     assert read_checkpoint(tmp_path / "run" / "best.pt")["meta"]["selected_on"] == "slice_dice"
     assert "no tumour" in done["summary"] and "-1.0000" not in done["summary"]
     toml = tmp_path / "c.toml"
@@ -355,7 +355,7 @@ def test_validation_without_tumour_still_selects_best_and_says_so(phantom_root, 
 
 def test_stopped_before_an_epoch_reports_no_checkpoint(phantom_root, tmp_path):
     reports = run(tiny_config(), [phantom_root], tmp_path / "run", should_stop=lambda: True)
-    assert reports[-1]["best_path"] is None and "no checkpoint was written" in reports[-1]["summary"]
+    assert not reports[-1]["best_saved"] and "no checkpoint was written" in reports[-1]["summary"]
 
 
 def test_train_config_file_type_error_names_file_and_field(phantom_root, tmp_path, capsys):

@@ -436,7 +436,7 @@ def train(
         if stopped:
             break
     done = {"kind": "done", "stopped": stopped, "best": best, "out_dir": str(out), "history": history,
-            "best_path": str(out / BEST) if (out / BEST).is_file() else None, "best_epoch": best_epoch,
+            "best_path": str(out / BEST), "best_saved": (out / BEST).is_file(), "best_epoch": best_epoch,
             "selected_on": None if val_store is None else selected_on,
             "wall_seconds": wall_before + time.perf_counter() - run_start}
     yield {**done, "summary": done_summary(done)}
@@ -455,7 +455,7 @@ def selection_metric(summary: dict) -> tuple[str, float]:
 def done_summary(done: dict) -> str:
     """One true sentence about a finished run's checkpoints, for the CLI and the dock."""
     out = done["out_dir"]
-    if done["best_path"] is None:
+    if not done["best_saved"]:
         return f"no epoch completed, so no checkpoint was written to {out}"
     if done["selected_on"] is None:
         return f"no validation patients: {done['best_path']} holds the last epoch's weights; checkpoints in {out}"
