@@ -282,6 +282,11 @@ def test_new_run_refuses_a_folder_holding_checkpoints(phantom_root, tmp_path, ti
     err = capsys.readouterr().err
     assert code == 2 and "already holds checkpoints (best.pt)" in err and "--overwrite" in err
     assert (out / "best.pt").read_bytes() == before and sorted(p.name for p in out.iterdir()) == ["best.pt"]
+    # an overwrite that cannot start (no patients in the data root) keeps the old checkpoints
+    (tmp_path / "no_data").mkdir()
+    with pytest.raises(Exception):  # noqa: B017 - whatever the reader raises; the point is what is left
+        run(tiny_config(), [tmp_path / "no_data"], out, overwrite=True)
+    assert (out / "best.pt").read_bytes() == before
     # an explicit overwrite replaces the old run's checkpoints
     reports = run(tiny_config(epochs=1), [phantom_root], out, overwrite=True)
     assert reports[-1]["best_path"] == str(out / "best.pt") and (out / "best.pt").read_bytes() != before

@@ -250,9 +250,6 @@ def train(
         config = dataclasses.replace(config, epochs=int(epochs))
         config.validate()
     if ctx.is_main:
-        if overwrite and not resume:
-            for old in _run_checkpoints(out):
-                old.unlink()
         out.mkdir(parents=True, exist_ok=True)
 
     t_start = time.perf_counter()
@@ -336,6 +333,9 @@ def train(
         **init_meta,
     }
     if ctx.is_main:
+        if overwrite and not resume:  # the old run's checkpoints go only once the new run could start
+            for old in _run_checkpoints(out):
+                old.unlink()
         atomic_write_text(out / "split.json", json.dumps(split, indent=2))
         atomic_write_text(out / "config.json", json.dumps(config.to_dict(), indent=2))
     yield {"kind": "start", "epochs": config.epochs, "steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
