@@ -103,8 +103,9 @@ class TrainConfig:
                 raise ConfigError(f"{f.name} {problem}")
         if self.crop_size is not None and self.crop_size > self.image_size:
             raise ConfigError(f"crop_size ({self.crop_size}) must not exceed image_size ({self.image_size})")
-        if self.scale_max < self.scale_min:
-            raise ConfigError(f"scale_max ({self.scale_max}) must not be below scale_min ({self.scale_min})")
+        scale_min, scale_max = getattr(self, "scale_min", None), getattr(self, "scale_max", None)
+        if scale_min is not None and scale_max is not None and scale_max < scale_min:
+            raise ConfigError(f"scale_max ({scale_max}) must not be below scale_min ({scale_min})")
         if self.val_fraction + self.test_fraction >= 1:
             raise ConfigError("val_fraction + test_fraction must be below 1 (some patients must be left to train on)")
         from .model import MAX_PARAMETERS, ModelConfig, parameter_count
