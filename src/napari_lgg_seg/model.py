@@ -310,6 +310,23 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     return ckpt
 
 
+def _first_non_finite(state: dict) -> str | None:
+    """The name of the first floating-point tensor holding NaN or inf (numpy's check: about 7 ms for the shipped
+    model's 7.77 M fp16 weights, where torch's multi-threaded one took 0.5 s on a busy 2-core machine)."""
+    import numpy as np
+
+    for name, value in state.items():
+        if not value.is_floating_point():
+            continue
+        if value.dtype in (torch.float16, torch.float32, torch.float64):
+            finite = bool(np.isfinite(value.detach().cpu().numpy()).all())
+        else:
+            finite = bool(torch.isfinite(value).all())
+        if not finite:
+            return name
+    return None
+
+
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> LoadedModel:
     """Load a U-Net checkpoint (ours, or a bare state dict of the same architecture)."""
     ckpt = read_checkpoint(path)
@@ -329,7 +346,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> L
             f"{path}: the model was trained on {model_config.in_channels} input channels; this plugin "
             "feeds 3 (pre-contrast, FLAIR, post-contrast)."
         )
-    bad = next((k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
+    bad = _first_non_finite(state)
     if bad is not None:
         raise CheckpointError(f"{path}: the weights hold NaN or infinite values (first in {bad}); the model would "
                               "give meaningless masks. Use another checkpoint (e.g. an earlier epoch of the run).")
