@@ -688,6 +688,185 @@ def training_full_disk_case(ctx: Context) -> Row:
                f"files; {resumed})", problem or ("" if code == 0 else "resume failed"))
 
 
+# === BEGIN issue 12: validated numbers (cards, options, configs), non-finite results, run folders, resumes ===
+# (kept in one block so that it merges cleanly with other rows added in parallel)
+
+
+def _i12_seen(ctx: Context, command: str, code, out: str, err: str, expect_error: bool = True) -> tuple[str, str]:
+    """What ``napari-lgg-seg COMMAND`` shows, and a problem note unless it is one clean error line with exit 2."""
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    problem = ""
+    if "Traceback" in err:
+        problem = "the CLI printed a traceback"
+    elif expect_error and code != 2:
+        problem = f"exit code {code}, expected 2"
+    elif expect_error and not (lines and lines[-1].startswith(f"napari-lgg-seg {command}: error: ")):
+        problem = f"the last stderr line is not 'napari-lgg-seg {command}: error: ...'"
+    if code == 0:
+        shown = [ln for ln in out.strip().splitlines() if ln.strip()][-1:]
+        shown += [ln for ln in lines if ln.startswith("warning")]
+        return f"exit 0: {msg(' / '.join(ctx.clean(ln) for ln in shown), 320)}", problem
+    return f"exit {code}: {msg(ctx.clean(lines[-1]) if lines else '(nothing on stderr)', 240)}", \
+        problem or ("" if lines else "no message")
+
+
+def _i12_tiny_config(**kw):
+    from napari_lgg_seg.config import TrainConfig
+
+    base = dict(model_features=TINY["features"], model_bottleneck=TINY["bottleneck"], image_size=64, crop_size=None,
+                batch_size=2, epochs=1, steps_per_epoch=2, val_fraction=0.34, num_threads=1, precision="fp32",
+                scheduler="plateau", seed=0)
+    return TrainConfig(**{**base, **kw})
+
+
+def _i12_toml(path: Path, **values) -> Path:
+    import json
+
+    path.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items()))
+    return path
+
+
+def issue12_validation_cases(ctx: Context) -> list[Row]:
+    """Checkpoint cards, options and config files with wrong types or ranges; NaN weights; run folders that
+    hold checkpoints; inconsistent resumes; a validation set without tumour."""
+    import torch
+
+    from napari_lgg_seg.model import ModelConfig, UNet, checkpoint_dict
+    from napari_lgg_seg.sample import write_phantom_dataset
+    from napari_lgg_seg.training import train
+
+    base = ctx.folder("issue12")
+    rows: list[Row] = []
+    data = base / "data"
+    write_phantom_dataset(data, n_patients=3, n_slices=6, size=64, seed=0)
+    patient = sorted(p for p in data.iterdir() if p.is_dir())[0]
+
+    def card(name: str, **parts) -> Path:
+        torch.manual_seed(0)
+        ckpt = checkpoint_dict(UNet(ModelConfig.from_dict(TINY)), config={"image_size": 64})
+        ckpt.update(parts)
+        torch.save(ckpt, base / name)
+        return base / name
+
+    def segment_case(label: str, weights: Path) -> None:
+        out = base / f"out_{weights.stem}"
+        before = snapshot(patient)
+        code, stdout, stderr = run_cli(ctx, "segment", patient, "--out", out, "--weights", weights,
+                                       "--device", "cpu")
+        seen, problem = _i12_seen(ctx, "segment", code, stdout, stderr)
+        safe, changed = unchanged(before, patient, "input")
+        if os.path.lexists(out):
+            safe, changed = "no (OUT was created)", changed or "OUT written on error"
+        rows.append(Row(label, "CLI segment (model.load_model validates the card)", seen, safe, problem or changed))
+
+    for label, name, parts in [
+        ("card threshold 1.5 (was: 0 voxels, exit 0)", "thr15.pt", {"meta": {"inference": {"threshold": 1.5}}}),
+        ("card threshold -1 (was: every voxel tumour, exit 0)", "thrm1.pt", {"meta": {"inference": {"threshold": -1}}}),
+        ("card threshold \"0.7\" (a string)", "thrstr.pt", {"meta": {"inference": {"threshold": "0.7"}}}),
+        ("card min_lesion_voxels \"50\" (a string)", "minles.pt", {"meta": {"inference": {"min_lesion_voxels": "50"}}}),
+        ("card inference as a string", "infstr.pt", {"meta": {"inference": "threshold=0.5"}}),
+        ("card meta as a list", "metalist.pt", {"meta": [1, 2]}),
+        ("card config: 5", "config5.pt", {"config": 5}),
+        ("card negative features", "negfeat.pt", {"model_config": {**TINY, "features": [-4, 8, 16, 32]}}),
+        ("card bottleneck 10**6 (was: tried to allocate 36 TB)", "bneck.pt",
+         {"model_config": {**TINY, "bottleneck": 10**6}}),
+        ("card 8 levels of 4096 channels (6.7 G parameters)", "huge.pt",
+         {"model_config": {**TINY, "features": [4096] * 8, "bottleneck": 4096}}),
+        ("card image_size 1 (was: evaluate Dice 0.000, segment 0.918)", "size1.pt", {"config": {"image_size": 1}}),
+        ("card image_size -256", "sizem256.pt", {"config": {"image_size": -256}}),
+    ]:
+        segment_case(label, card(name, **parts))
+
+    torch.manual_seed(0)
+    net = UNet(ModelConfig.from_dict(TINY))
+    with torch.no_grad():
+        net.head.bias.fill_(float("nan"))
+    torch.save(checkpoint_dict(net, config={"image_size": 64}), base / "nan.pt")
+    segment_case("NaN weights (was: 0 tumour voxels, exit 0)", base / "nan.pt")
+    code, stdout, stderr = run_cli(ctx, "evaluate", "--data", data, "--weights", base / "nan.pt", "--device", "cpu")
+    seen, problem = _i12_seen(ctx, "evaluate", code, stdout, stderr)
+    rows.append(Row("NaN weights", "CLI evaluate", seen, "yes (nothing written)", problem))
+
+    for label, args in [
+        ("evaluate --batch-size -1 (was: Dice 0.0, exit 0)", ["evaluate", "--data", data, "--batch-size", "-1"]),
+        ("evaluate --batch-size 0 (was: a range() error)", ["evaluate", "--data", data, "--batch-size", "0"]),
+        ("segment --batch-size 0", ["segment", patient, "--out", base / "o", "--batch-size", "0"]),
+        ("train --steps-per-epoch -1 (was: an untrained best.pt, exit 0)",
+         ["train", "--data", data, "--out", base / "r", "--steps-per-epoch", "-1"]),
+        ("train --num-threads -1 (was: a traceback)", ["train", "--data", data, "--out", base / "r", "--num-threads", "-1"]),
+        ("train --batch-size 0", ["train", "--data", data, "--out", base / "r", "--batch-size", "0"]),
+    ]:
+        code, stdout, stderr = run_cli(ctx, *args)
+        lines = [ln for ln in stderr.strip().splitlines() if ln.strip()]
+        seen = f"exit {code} (usage error): {msg(ctx.clean(lines[-1]) if lines else '(nothing)')}"
+        problem = "" if code == 2 and lines and "Traceback" not in stderr else f"exit {code}"
+        written = [p.name for p in (base / "o", base / "r") if os.path.lexists(p)]
+        rows.append(Row(label, "CLI option parsing (config.parse_field, shared with config files)", seen,
+                        "yes (nothing written)" if not written else f"no ({written} created)",
+                        problem or ("written" if written else "")))
+
+    toml = _i12_toml(base / "epochs_str.toml", epochs="3")
+    code, stdout, stderr = run_cli(ctx, "train", "--config", toml, "--data", data, "--out", base / "r")
+    seen, problem = _i12_seen(ctx, "train", code, stdout, stderr)
+    rows.append(Row("TOML config epochs = \"3\" (was: a traceback)", "CLI train (TrainConfig.from_file)", seen,
+                    "yes (nothing written)" if not (base / "r").exists() else "no (run folder created)", problem))
+
+    shipped = base / "shipped"  # a copied shipped model: best.pt and no last.pt
+    shipped.mkdir()
+    make_checkpoint(shipped / "best.pt")
+    before = snapshot(shipped)
+    code, stdout, stderr = run_cli(ctx, "train", "--data", data, "--out", shipped, "--epochs", "1")
+    seen, problem = _i12_seen(ctx, "train", code, stdout, stderr)
+    safe, changed = unchanged(before, shipped, "run folder")
+    rows.append(Row("train --out into a folder holding best.pt only (was: overwritten by a worse model)",
+                    "CLI train (training.check_run_folder)", seen, safe, problem or changed))
+
+    run = base / "run"
+    for _ in train(_i12_tiny_config(), [str(data)], run):
+        pass
+    code, stdout, stderr = run_cli(ctx, "train", "--data", data, "--out", run, "--resume", "--epochs", "2",
+                                   "--batch-size", "4", "--lr", "0.5")
+    seen, problem = _i12_seen(ctx, "train", code, stdout, stderr, expect_error=False)
+    rows.append(Row("train --resume --batch-size 4 --lr 0.5 (was: silently ignored)", "CLI train", seen,
+                    "yes (the run continues with its saved config)" if code == 0 else "no", problem))
+
+    partial = base / "partial"
+    shutil.copytree(data, partial)
+    shutil.rmtree(partial / patient.name)
+    before = snapshot(run)
+    code, stdout, stderr = run_cli(ctx, "train", "--data", partial, "--out", run, "--resume", "--epochs", "3")
+    seen, problem = _i12_seen(ctx, "train", code, stdout, stderr)
+    safe, changed = unchanged(before, run, "run folder")
+    rows.append(Row("train --resume with a data root missing a patient of the run (was: KeyError)", "CLI train",
+                    seen, safe, problem or changed))
+
+    (run / "last.pt").write_bytes((run / "best.pt").read_bytes())
+    before = snapshot(run)
+    code, stdout, stderr = run_cli(ctx, "train", "--data", data, "--out", run, "--resume", "--epochs", "3")
+    seen, problem = _i12_seen(ctx, "train", code, stdout, stderr)
+    safe, changed = unchanged(before, run, "run folder")
+    rows.append(Row("train --resume with best.pt copied to last.pt (was: KeyError)", "CLI train", seen, safe,
+                    problem or changed))
+
+    no_tumour = base / "no_tumour"
+    shutil.copytree(data, no_tumour)
+    names = sorted(p.name for p in no_tumour.iterdir() if p.is_dir())
+    for mask in (no_tumour / names[0]).glob("*_mask.tif"):
+        tifffile.imwrite(mask, np.zeros_like(tifffile.imread(mask)))
+    toml = _i12_toml(base / "no_tumour.toml", model_features=TINY["features"], model_bottleneck=TINY["bottleneck"],
+                     image_size=64, batch_size=2, epochs=1, steps_per_epoch=2, num_threads=1, precision="fp32",
+                     val_patients=names[:1], train_patients=names[1:])
+    code, stdout, stderr = run_cli(ctx, "train", "--config", toml, "--data", no_tumour, "--out", base / "nt_run")
+    seen, problem = _i12_seen(ctx, "train", code, stdout, stderr, expect_error=False)
+    has_best = (base / "nt_run" / "best.pt").is_file()
+    rows.append(Row("validation patients without tumour (was: best -1.0000, no best.pt, \"checkpoints in ...\")",
+                    "CLI train", seen, "yes (best.pt written and selected on the slice Dice)" if has_best else
+                    "no (no best.pt)", problem or ("" if has_best else "no best.pt")))
+    return rows
+
+# === END issue 12 block ===
+
+
 def main() -> int:
     import torch
 
@@ -702,6 +881,7 @@ def main() -> int:
             rows += checkpoint_cases(ctx)
             rows.append(export_case(ctx))
             rows.append(training_full_disk_case(ctx))
+            rows += issue12_validation_cases(ctx)  # issue 12 block (see BEGIN/END markers above)
         finally:
             for dirpath, _, filenames in os.walk(tmp):  # let the clean-up remove chmod-000 files
                 for name in filenames:

@@ -48,7 +48,7 @@ def carded_checkpoint(tmp_path, phantom_root) -> tuple[Path, float]:
     neither empty nor full), with hole filling and a minimum lesion size."""
     plain = model.load_model(make_tiny_checkpoint(tmp_path / "plain.pt", seed=3))
     patient = quiet_load(sorted(phantom_root.iterdir())[0])
-    probs = predict_any_size(plain.model, patient.images, device="cpu")
+    probs = predict_any_size(plain.model, patient.images, size=plain.training_size, device="cpu")
     threshold = float(np.median(probs[probs > 0]))
     card = {"inference": {"threshold": threshold, "tta": False, "min_lesion_voxels": 3, "keep_largest": False,
                           "fill_holes": True}}
@@ -58,7 +58,8 @@ def carded_checkpoint(tmp_path, phantom_root) -> tuple[Path, float]:
 def expected_mask(checkpoint: Path, images: np.ndarray, settings: PostProcessing, tta: bool = False,
                   batch_size: int = 16) -> np.ndarray:
     loaded = model.load_model(checkpoint)
-    probs = predict_any_size(loaded.model, images, device="cpu", tta=tta, batch_size=batch_size)
+    probs = predict_any_size(loaded.model, images, size=loaded.training_size, device="cpu", tta=tta,
+                             batch_size=batch_size)
     return postprocess(probs, settings)
 
 
@@ -261,7 +262,6 @@ def test_segment_without_default_model(capsys, tmp_path, phantom_patient, no_def
 
 
 @pytest.mark.parametrize(("args", "message"), [(["--threshold", "1.5"], "--threshold must be between 0 and 1"),
-                                                (["--batch-size", "0"], "--batch-size must be at least 1"),
                                                 (["--device", "tpu"], "unknown device")])
 def test_segment_bad_options(capsys, tmp_path, phantom_patient, tiny_checkpoint, args, message):
     code, _, err = run_cli(capsys, "segment", phantom_patient, "--out", tmp_path / "out",
@@ -417,3 +417,73 @@ def test_usage_errors_exit_2(capsys):
     assert "--out" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli.main([])
+
+
+# --- issue 12: options, cards and results that cannot be right -------------------------------------------------
+
+
+@pytest.mark.parametrize(("command", "option", "value"), [
+    ("train", "--batch-size", "0"), ("train", "--batch-size", "-1"), ("train", "--steps-per-epoch", "-1"),
+    ("train", "--num-threads", "-1"), ("train", "--epochs", "0"), ("train", "--lr", "nan"),
+    ("evaluate", "--batch-size", "-1"), ("evaluate", "--batch-size", "0"), ("segment", "--batch-size", "0"),
+])
+def test_bad_numeric_options_are_usage_errors(capsys, tmp_path, command, option, value):
+    base = {"train": ["train", "--data", tmp_path, "--out", tmp_path / "run"],
+            "evaluate": ["evaluate", "--data", tmp_path],
+            "segment": ["segment", tmp_path, "--out", tmp_path / "out"]}[command]
+    with pytest.raises(SystemExit) as info:
+        cli.main([str(a) for a in base] + [option, value])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and f"argument {option}: must be" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists() and not (tmp_path / "out").exists()
+
+
+def test_segment_and_evaluate_feed_the_network_the_same_size(capsys, tmp_path, phantom_root, monkeypatch):
+    """The card's image_size (128, the phantoms are 64) decides the network's input for both commands."""
+    from napari_lgg_seg import inference
+
+    checkpoint = make_tiny_checkpoint(tmp_path / "c128.pt", image_size=128)
+    seen: dict[str, set] = {"segment": set(), "evaluate": set()}
+    original = inference.iter_predict_volume
+    current = ["segment"]
+
+    def recording(model_, images, **kw):
+        seen[current[0]].add(tuple(np.asarray(images).shape[1:3]))
+        return original(model_, images, **kw)
+
+    monkeypatch.setattr(inference, "iter_predict_volume", recording)
+    patient = sorted(phantom_root.iterdir())[0]
+    code, _, _ = run_cli(capsys, "segment", patient, "--out", tmp_path / "masks", "--weights", checkpoint,
+                         "--device", "cpu")
+    assert code == 0
+    current[0] = "evaluate"
+    code, _, _ = run_cli(capsys, "evaluate", "--data", phantom_root, "--patients", patient.name, "--weights",
+                         checkpoint, "--device", "cpu")
+    assert code == 0
+    assert seen["segment"] == seen["evaluate"] == {(128, 128)}
+
+
+@pytest.mark.parametrize("command", ["segment", "evaluate"])
+def test_nan_weights_are_an_error_naming_the_checkpoint(capsys, tmp_path, phantom_root, command):
+    import torch
+
+    net = model.load_model(make_tiny_checkpoint(tmp_path / "ok.pt")).model
+    with torch.no_grad():
+        net.head.bias.fill_(float("nan"))
+    model.save_checkpoint(tmp_path / "nan.pt", net, config={"image_size": 64})
+    args = (["segment", phantom_root, "--out", tmp_path / "masks"] if command == "segment"
+            else ["evaluate", "--data", phantom_root])
+    code, out, err = run_cli(capsys, *args, "--weights", tmp_path / "nan.pt", "--device", "cpu")
+    assert code == 2 and str(tmp_path / "nan.pt") in err and "NaN or infinite" in err
+    assert "tumour voxels" not in out and not (tmp_path / "masks").exists()
+
+
+@pytest.mark.parametrize(("meta", "field"), [({"inference": {"threshold": 1.5}}, "meta.inference.threshold"),
+                                             ({"inference": {"threshold": "0.7"}}, "meta.inference.threshold"),
+                                             ({"inference": {"min_lesion_voxels": "50"}},
+                                              "meta.inference.min_lesion_voxels")])
+def test_bad_card_is_refused_by_segment(capsys, tmp_path, phantom_patient, meta, field):
+    checkpoint = make_tiny_checkpoint(tmp_path / "card.pt", meta=meta)
+    code, _, err = run_cli(capsys, "segment", phantom_patient, "--out", tmp_path / "out", "--weights", checkpoint)
+    assert code == 2 and str(checkpoint) in err and field in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()

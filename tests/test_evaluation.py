@@ -61,15 +61,15 @@ def test_evaluate_reports_missing_sequences_next_to_intact(phantom_root, tiny64,
 
 
 def test_evaluate_uses_card_defaults_unless_overridden(phantom_root, tmp_path):
-    ckpt = make_tiny_checkpoint(tmp_path / "card.pt", meta={"inference": {"threshold": 1.01, "tta": True,
+    ckpt = make_tiny_checkpoint(tmp_path / "card.pt", meta={"inference": {"threshold": 0.9999999, "tta": True,
                                                                          "min_lesion_voxels": 7}}, image_size=None)
     result = evaluate_folders([phantom_root], ckpt, device="cpu", patients=["PHANTOM_01_20000101"])
     s = result["settings"]
-    assert s["tta"] is True and s["postprocessing"]["threshold"] == 1.01 and s["postprocessing"]["min_lesion_voxels"] == 7
+    assert s["tta"] is True and s["postprocessing"]["threshold"] == 0.9999999 and s["postprocessing"]["min_lesion_voxels"] == 7
     assert s["patients"] == ["PHANTOM_01_20000101"]
     assert s["image_size"] == 256  # a card without a training size: the dataset's 256 px (slices are resized)
     row = result["patients"][0]
-    assert row["pred_voxels"] == 0 and row["volume_dice"] == 0.0  # threshold above 1: nothing predicted
+    assert row["pred_voxels"] == 0 and row["volume_dice"] == 0.0  # threshold next to 1 (a card may not exceed 1): nothing
     assert result["summary"]["empty_slice_fp_rate"] == 0.0
     # overrides win: threshold 0 marks every voxel
     result = evaluate_folders([phantom_root], ckpt, device="cpu", tta=False, postprocessing={"threshold": 0.0,

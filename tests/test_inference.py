@@ -325,3 +325,23 @@ def test_resize_images_and_probabilities_round_trip():
     back = inference.resize_probabilities(inference.resize_probabilities(mask, (32, 32)), (64, 64)).numpy()
     assert back.shape == (2, 64, 64) and 0 <= back.min() and back.max() <= 1
     assert ((back >= 0.5) == (mask >= 0.5)).mean() > 0.98
+
+
+def test_non_finite_probabilities_are_an_error_naming_the_checkpoint(volume):
+    """A model whose weights became NaN in memory (load_model refuses such files) must not read as 'no tumour'."""
+    from napari_lgg_seg.inference import NonFiniteOutputError, predict_any_size
+
+    tiny_model = UNet(ModelConfig.from_dict(TINY)).eval()
+    with torch.no_grad():
+        tiny_model.head.bias.fill_(float("nan"))
+    tiny_model.source_path = "/models/broken.pt"
+    with pytest.raises(NonFiniteOutputError, match="/models/broken.pt: the network produced NaN"):
+        predict_volume(tiny_model, volume, device="cpu")
+    with pytest.raises(NonFiniteOutputError):
+        predict_any_size(tiny_model, volume, size=128, device="cpu")
+
+
+@pytest.mark.parametrize("batch_size", [0, -1, 2.5, True])
+def test_bad_batch_size_raises(tiny_model, volume, batch_size):
+    with pytest.raises(ValueError, match="batch size"):
+        predict_volume(tiny_model, volume, device="cpu", batch_size=batch_size)

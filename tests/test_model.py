@@ -215,7 +215,10 @@ def test_training_size_from_the_config():
     from napari_lgg_seg.model import LoadedModel, training_size
 
     assert training_size({"image_size": 64}) == 64
-    assert training_size({}) == training_size(None) == training_size({"image_size": "x"}) == 256
+    assert training_size({}) == training_size(None) == training_size({"image_size": None}) == 256
+    for bad in ("x", 1, -256, 100, 16, 2048, 256.0, True):
+        with pytest.raises(ValueError, match="image_size"):
+            training_size({"image_size": bad})
     assert LoadedModel(UNet(ModelConfig(features=(4, 8, 16, 32), bottleneck=32)), {"image_size": 128}).training_size == 128
 
 
@@ -257,3 +260,83 @@ def test_norm_choice_keeps_the_parameter_count_and_round_trips(tmp_path, norm):
 
 def test_a_card_without_norm_is_batch_norm():
     assert ModelConfig.from_dict({"features": [4, 8, 16, 32], "bottleneck": 32}).norm == "batch"
+
+
+# --- the model card is validated before the network is built (issue 12) -------------------------------------
+
+
+def _card(tmp_path, name: str = "card.pt", **parts) -> Path:
+    """A tiny checkpoint whose card parts (model_config / config / meta) are replaced by ``parts``."""
+    ckpt = checkpoint_dict(tiny_unet(), config={"image_size": 64}, meta={"inference": {"threshold": 0.5}})
+    ckpt.update(parts)
+    torch.save(ckpt, tmp_path / name)
+    return tmp_path / name
+
+
+@pytest.mark.parametrize("parts, field", [
+    ({"meta": {"inference": {"threshold": 1.5}}}, "meta.inference.threshold"),
+    ({"meta": {"inference": {"threshold": -1}}}, "meta.inference.threshold"),
+    ({"meta": {"inference": {"threshold": 0.0}}}, "meta.inference.threshold"),
+    ({"meta": {"inference": {"threshold": "0.7"}}}, "meta.inference.threshold"),
+    ({"meta": {"inference": {"threshold": True}}}, "meta.inference.threshold"),
+    ({"meta": {"inference": {"min_lesion_voxels": "50"}}}, "meta.inference.min_lesion_voxels"),
+    ({"meta": {"inference": {"min_lesion_voxels": -3}}}, "meta.inference.min_lesion_voxels"),
+    ({"meta": {"inference": {"min_lesion_voxels": 2.5}}}, "meta.inference.min_lesion_voxels"),
+    ({"meta": {"inference": {"keep_largest": "yes"}}}, "meta.inference.keep_largest"),
+    ({"meta": {"inference": {"fill_holes": 1}}}, "meta.inference.fill_holes"),
+    ({"meta": {"inference": {"tta": "false"}}}, "meta.inference.tta"),
+    ({"meta": {"inference": "threshold=0.5"}}, "meta.inference"),
+    ({"meta": [1, 2]}, "meta"),
+    ({"config": 5}, "config"),
+    ({"model_config": "unet"}, "model_config"),
+    ({"model_config": {**TINY, "features": [-4, 8, 16, 32]}}, "model_config.features"),
+    ({"model_config": {**TINY, "features": "4,8"}}, "model_config.features"),
+    ({"model_config": {**TINY, "features": []}}, "model_config.features"),
+    ({"model_config": {**TINY, "bottleneck": 10**6}}, "model_config.bottleneck"),
+    ({"model_config": {**TINY, "bottleneck": "32"}}, "model_config.bottleneck"),
+    ({"config": {"image_size": 1}}, "config.image_size"),
+    ({"config": {"image_size": -256}}, "config.image_size"),
+    ({"config": {"image_size": "256"}}, "config.image_size"),
+])
+def test_bad_card_is_refused_naming_file_and_field(tmp_path, parts, field):
+    path = _card(tmp_path, **parts)
+    with pytest.raises(CheckpointError) as info:
+        load_model(path)
+    text = str(info.value)
+    assert str(path) in text and f"{field} must" in text
+
+
+def test_card_of_absurd_size_is_refused_before_allocation(tmp_path, monkeypatch):
+    from napari_lgg_seg import model as model_module
+
+    path = _card(tmp_path, model_config={**TINY, "features": [4096] * 8, "bottleneck": 4096})
+    built = []
+    monkeypatch.setattr(model_module.UNet, "__init__", lambda self, *a, **k: built.append(1) or None)
+    with pytest.raises(CheckpointError, match="parameters"):
+        load_model(path)
+    assert not built
+
+
+def test_parameter_count_matches_the_built_network():
+    from napari_lgg_seg.model import parameter_count
+
+    for config in (ModelConfig(), ModelConfig.from_dict(TINY), ModelConfig(features=(5, 7), bottleneck=9)):
+        assert parameter_count(config) == count_parameters(UNet(config))
+
+
+def test_good_card_loads(tmp_path):
+    path = _card(tmp_path, meta={"inference": {"threshold": 0.4, "min_lesion_voxels": 10, "keep_largest": True,
+                                               "fill_holes": False, "tta": True}})
+    loaded = load_model(path)
+    assert loaded.inference_defaults["threshold"] == 0.4 and loaded.training_size == 64
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_weights_are_refused_naming_the_file(tmp_path, value):
+    net = tiny_unet()
+    with torch.no_grad():
+        net.head.weight[0, 0] = value
+    save_checkpoint(tmp_path / "nan.pt", net)
+    with pytest.raises(CheckpointError, match="NaN or infinite") as info:
+        load_model(tmp_path / "nan.pt")
+    assert str(tmp_path / "nan.pt") in str(info.value)

@@ -300,3 +300,108 @@ def test_new_config_fields_are_checked():
                 dict(val_conditions=["no_flair"]), dict(scale_min=1.2, scale_max=1.1)):
         with pytest.raises(ValueError):
             tiny_config(**bad).validate()
+
+
+# --- issue 12: run folders, resumes and best-checkpoint selection ---------------------------------------------------
+
+
+def test_new_run_refuses_a_folder_holding_checkpoints(phantom_root, tmp_path, tiny_checkpoint, capsys):
+    """A copied shipped model (best.pt, no last.pt) is never overwritten by a new run without --overwrite."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "best.pt").write_bytes(tiny_checkpoint.read_bytes())
+    before = (out / "best.pt").read_bytes()
+    with pytest.raises(FileExistsError, match="already holds checkpoints"):
+        run(tiny_config(), [phantom_root], out)
+    code = cli.main(["train", "--data", str(phantom_root), "--out", str(out), "--epochs", "1"])
+    err = capsys.readouterr().err
+    assert code == 2 and "already holds checkpoints (best.pt)" in err and "--overwrite" in err
+    assert (out / "best.pt").read_bytes() == before and sorted(p.name for p in out.iterdir()) == ["best.pt"]
+    # an overwrite that cannot start (no patients in the data root) keeps the old checkpoints
+    (tmp_path / "no_data").mkdir()
+    with pytest.raises(Exception):  # noqa: B017 - whatever the reader raises; the point is what is left
+        run(tiny_config(), [tmp_path / "no_data"], out, overwrite=True)
+    assert (out / "best.pt").read_bytes() == before
+    # an explicit overwrite replaces the old run's checkpoints
+    reports = run(tiny_config(epochs=1), [phantom_root], out, overwrite=True)
+    assert reports[-1]["best_path"] == str(out / "best.pt") and (out / "best.pt").read_bytes() != before
+    with pytest.raises(ValueError, match="choose one"):
+        run(tiny_config(), [phantom_root], out, resume=True, overwrite=True)
+
+
+def test_resume_from_a_model_only_checkpoint_is_refused(phantom_root, tmp_path, capsys):
+    out = tmp_path / "run"
+    run(tiny_config(epochs=1), [phantom_root], out)
+    (out / "last.pt").write_bytes((out / "best.pt").read_bytes())  # best.pt copied to last.pt
+    with pytest.raises(CheckpointError, match="no training state"):
+        run(tiny_config(), [phantom_root], out, resume=True)
+    code = cli.main(["train", "--data", str(phantom_root), "--out", str(out), "--resume", "--epochs", "2"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--init-weights" in err and "Traceback" not in err and "KeyError" not in err
+
+
+def test_resume_with_a_data_root_missing_a_patient_is_refused(phantom_root, tmp_path, capsys):
+    import shutil
+
+    out = tmp_path / "run"
+    run(tiny_config(epochs=1), [phantom_root], out)
+    partial = tmp_path / "partial"
+    shutil.copytree(phantom_root, partial)
+    gone = sorted(p for p in partial.iterdir() if p.is_dir())[0]
+    shutil.rmtree(gone)
+    before = (out / "last.pt").read_bytes()
+    code = cli.main(["train", "--data", str(partial), "--out", str(out), "--resume", "--epochs", "2"])
+    err = capsys.readouterr().err
+    assert code == 2 and "cannot resume" in err and gone.name in err and "KeyError" not in err
+    assert (out / "last.pt").read_bytes() == before
+
+
+def test_resume_says_which_options_it_ignores(phantom_root, tmp_path, capsys):
+    out = tmp_path / "run"
+    run(tiny_config(epochs=1), [phantom_root], out)
+    code = cli.main(["train", "--data", str(phantom_root), "--out", str(out), "--resume", "--epochs", "2",
+                     "--batch-size", "4", "--lr", "0.5", "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 0
+    assert "--batch-size, --lr ignored" in err and "saved config" in err and "--device" not in err.split("ignored")[0]
+    saved = read_checkpoint(out / "last.pt")["config"]
+    assert (saved["batch_size"], saved["lr"]) == (2, tiny_config().lr)
+
+
+def test_validation_without_tumour_still_selects_best_and_says_so(phantom_root, tmp_path, capsys):
+    """The per-patient Dice is undefined without tumour: best.pt is chosen on the slice Dice, and the CLI says so."""
+    import numpy as np
+    import tifffile
+
+    patients = sorted(p.name for p in phantom_root.iterdir() if p.is_dir())
+    for mask in (phantom_root / patients[0]).glob("*_mask.tif"):
+        tifffile.imwrite(mask, np.zeros_like(tifffile.imread(mask)))
+    config = tiny_config(epochs=2, val_patients=[patients[0]], train_patients=patients[1:])
+    reports = run(config, [phantom_root], tmp_path / "run")
+    done = reports[-1]
+    assert done["selected_on"] == "slice_dice" and done["best"] >= 0 and done["best_epoch"] in (1, 2)
+    assert done["best_saved"] and done["best_path"] == str(tmp_path / "run" / "best.pt")
+    assert read_checkpoint(tmp_path / "run" / "best.pt")["meta"]["selected_on"] == "slice_dice"
+    assert "no tumour" in done["summary"] and "-1.0000" not in done["summary"]
+    toml = tmp_path / "c.toml"
+    toml.write_text("\n".join(f"{k} = {v!r}".replace("'", '"').replace("None", "0") for k, v in {
+        "model_features": list(TINY["features"]), "model_bottleneck": TINY["bottleneck"], "image_size": 64,
+        "batch_size": 2, "epochs": 1, "steps_per_epoch": 2, "num_threads": 1, "precision": "fp32",
+        "val_patients": [patients[0]], "train_patients": patients[1:]}.items()) + "\n")
+    code = cli.main(["train", "--config", str(toml), "--data", str(phantom_root), "--out", str(tmp_path / "cli")])
+    out = capsys.readouterr().out
+    assert code == 0 and "selected on validation slice_dice" in out and "-1.0000" not in out
+
+
+def test_stopped_before_an_epoch_reports_no_checkpoint(phantom_root, tmp_path):
+    reports = run(tiny_config(), [phantom_root], tmp_path / "run", should_stop=lambda: True)
+    assert not reports[-1]["best_saved"] and "no checkpoint was written" in reports[-1]["summary"]
+
+
+def test_train_config_file_type_error_names_file_and_field(phantom_root, tmp_path, capsys):
+    toml = tmp_path / "bad.toml"
+    toml.write_text('epochs = "3"\n')
+    code = cli.main(["train", "--config", str(toml), "--data", str(phantom_root), "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2 and str(toml) in err and "epochs must be a whole number" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()

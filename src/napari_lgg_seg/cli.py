@@ -14,6 +14,26 @@ from .console import line_break as _line_break
 from .console import progress_line as _progress_line
 
 
+def config_option(name: str):
+    """An argparse ``type`` for an option that sets the ``TrainConfig`` field ``name``: parsed and range-checked
+    by ``config.parse_field`` (the check config files and the dock use), refused at parse time (exit 2)."""
+
+    def parse(text: str):
+        from .config import ConfigError, parse_field
+
+        try:
+            return parse_field(name, text)
+        except ConfigError as err:
+            raise argparse.ArgumentTypeError(str(err)) from err
+
+    parse.__name__ = name  # argparse names the type in "invalid <name> value" messages
+    return parse
+
+
+# options that --resume does not apply: the resumed run's saved config defines the experiment
+RESUME_IGNORED = ("batch_size", "lr", "steps_per_epoch", "init_weights", "config")
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from .config import TrainConfig
     from .training import train
@@ -25,12 +45,17 @@ def cmd_train(args: argparse.Namespace) -> int:
         if value is not None:
             setattr(config, key, value)
     out = Path(args.out)
-    if out.exists() and (out / "last.pt").exists() and not args.resume:
-        raise CLIError(f"{out} already holds a run; pass --resume to continue it or choose another --out.")
+    if args.resume:
+        ignored = [f"--{k.replace('_', '-')}" for k in RESUME_IGNORED if getattr(args, k, None) is not None]
+        if ignored:
+            print(f"warning: {', '.join(ignored)} ignored: --resume continues the run in {out} with its saved "
+                  "config (only --epochs, --device, --precision, --num-threads and --cache-dir apply); start a new "
+                  "run (another --out, or --init-weights) to change the others.", file=sys.stderr, flush=True)
     last_print = 0.0
     # on --resume the saved run's config is used; --epochs may extend or shorten it
     epochs = args.epochs if args.resume else None
-    for report in train(config, args.data, out, resume=args.resume, epochs=epochs):
+    for report in train(config, args.data, out, resume=args.resume, epochs=epochs, overwrite=args.overwrite,
+                        resume_overrides=_resume_overrides(args) if args.resume else None):
         kind = report["kind"]
         if kind == "start":
             print(f"training on {report['train_slices']} slices, {report['epochs']} epochs x "
@@ -48,9 +73,14 @@ def cmd_train(args: argparse.Namespace) -> int:
             print(f"\nepoch {report['epoch']}: {text} ({report['epoch_seconds']:.0f} s)"
                   f"{' *best*' if report['improved'] else ''}", flush=True)
         elif kind == "done":
-            print(f"{'stopped' if report['stopped'] else 'finished'}; best val per-patient Dice "
-                  f"{report['best']:.4f}; checkpoints in {report['out_dir']}", flush=True)
+            print(f"{'stopped' if report['stopped'] else 'finished'}; {report['summary']}", flush=True)
     return 0
+
+
+def _resume_overrides(args: argparse.Namespace) -> dict:
+    """The options a resumed run does apply (hardware and caching; they do not change the experiment)."""
+    return {k: getattr(args, k) for k in ("device", "precision", "num_threads", "cache_dir")
+            if getattr(args, k, None) is not None}
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -128,8 +158,6 @@ def cmd_segment(args: argparse.Namespace) -> int:
     from .io import LGGFormatError, is_patient_folder, load_patient, sanitize_name, write_patient_folder
     from .metrics import dice
 
-    if args.batch_size < 1:
-        raise CLIError(f"--batch-size must be at least 1; got {args.batch_size}.")
     folders = _input_folders(Path(args.input))
     out = Path(args.out)
     if out.exists() and not out.is_dir():
@@ -189,8 +217,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
                 shown.append(done)
                 _progress_line(f"[{i}/{n}] {pid}: {done}/{total} slices")
 
-        probs = predict_any_size(loaded.model, patient.images, device=device, batch_size=args.batch_size, tta=tta,
-                                 progress=progress)
+        probs = predict_any_size(loaded.model, patient.images, size=loaded.training_size, device=device,
+                                 batch_size=args.batch_size, tta=tta, progress=progress)
         mask = postprocess(probs, settings)
         sidecar = {
             "patient_id": pid,
@@ -259,13 +287,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="TOML config (training/configs/*.toml)")
     p.add_argument("--out", required=True, help="run folder (checkpoints, metrics.csv, plots)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from last.pt")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--steps-per-epoch", dest="steps_per_epoch", type=int)
-    p.add_argument("--batch-size", dest="batch_size", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--device")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start a new run in an --out folder that holds checkpoints (*.pt), replacing them")
+    p.add_argument("--epochs", type=config_option("epochs"))
+    p.add_argument("--steps-per-epoch", dest="steps_per_epoch", type=config_option("steps_per_epoch"))
+    p.add_argument("--batch-size", dest="batch_size", type=config_option("batch_size"))
+    p.add_argument("--lr", type=config_option("lr"))
+    p.add_argument("--device", type=config_option("device"))
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"])
-    p.add_argument("--num-threads", dest="num_threads", type=int)
+    p.add_argument("--num-threads", dest="num_threads", type=config_option("num_threads"))
     p.add_argument("--init-weights", dest="init_weights", help="start from these weights (fine-tuning)")
     p.add_argument("--cache-dir", dest="cache_dir", help="folder for decoded-slice caches reused across runs")
     p.set_defaults(func=cmd_train)
@@ -276,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patients", nargs="*", help="only these patient ids (e.g. a run's test split)")
     p.add_argument("--split", help="split.json of a run; evaluates its 'test' patients")
     p.add_argument("--device", default="auto")
-    p.add_argument("--batch-size", dest="batch_size", type=int, default=16)
+    p.add_argument("--batch-size", dest="batch_size", type=config_option("val_batch_size"), default=16)
     p.add_argument("--tta", action="store_true", default=None)
     p.add_argument("--out", help="folder for per_patient.csv and summary.json")
     p.add_argument("--conditions", nargs="+", default=["intact", "flair_only", "no_post"],
@@ -289,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output root: masks go to OUT/<PATIENT>/<PATIENT>_<k>_mask.tif")
     p.add_argument("--weights", help="checkpoint (default: the installed model)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default auto)")
-    p.add_argument("--batch-size", dest="batch_size", type=int, default=16)
+    p.add_argument("--batch-size", dest="batch_size", type=config_option("val_batch_size"), default=16)
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                    help="flip test-time augmentation (default: the model card's choice)")
     p.add_argument("--threshold", type=float, help="probability threshold (default: the model card's choice)")

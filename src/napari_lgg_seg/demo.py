@@ -120,7 +120,7 @@ def run_headless(out: str | os.PathLike = "demo_output", device: str = "auto", n
         if target.exists() and not _is_demo_output(target):
             raise FileExistsError(f"{target} exists and is not an earlier demo's output; choose another --out.")
         start = time.perf_counter()
-        probs = predict_any_size(loaded.model, patient.images, device=dev, tta=tta,
+        probs = predict_any_size(loaded.model, patient.images, size=loaded.training_size, device=dev, tta=tta,
                                  progress=lambda done, total: _progress_line(f"segmenting: {done}/{total} slices"))
         mask = postprocess(probs, settings)
         seconds = time.perf_counter() - start

@@ -164,6 +164,22 @@ def head_bounding_box(images: np.ndarray, margin: int = 16, multiple: int = 16) 
     return span(rows[0], rows[-1], h), span(cols[0], cols[-1], w)
 
 
+class NonFiniteOutputError(ValueError):
+    """The network produced NaN or infinite probabilities: its result cannot be right."""
+
+
+def check_finite(probabilities: np.ndarray, model: torch.nn.Module) -> None:
+    """Raise ``NonFiniteOutputError`` naming the model's checkpoint (``model.source_path``, set by
+    ``model.load_model``) when ``probabilities`` hold NaN or inf: a thresholded NaN would read as "no tumour".
+    (numpy's check: 0.2 ms for 16 slices of 256 x 256, where torch's took 40 ms on a busy 2-core machine.)"""
+    if not bool(np.isfinite(probabilities).all()):
+        net = getattr(model, "module", model)
+        source = getattr(net, "source_path", None) or "the model (not loaded from a file)"
+        raise NonFiniteOutputError(
+            f"{source}: the network produced NaN or infinite probabilities, so its mask would be meaningless; "
+            "the checkpoint's weights are probably broken (a diverged training run). Use another checkpoint.")
+
+
 def iter_predict_volume(
     model: torch.nn.Module,
     images: np.ndarray,
@@ -190,6 +206,8 @@ def iter_predict_volume(
         raise ValueError(f"expected a (Z, H, W, 3) volume; got shape {images.shape}")
     if images.dtype != np.uint8:
         raise ValueError(f"expected uint8 images; got {images.dtype}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batch size must be a whole number >= 1; got {batch_size!r}")
     dev = device if isinstance(device, torch.device) else resolve_device(device)
     z, h, w, _ = images.shape
     probs = np.zeros((z, h, w), np.float32)
@@ -215,7 +233,9 @@ def iter_predict_volume(
             p = torch.sigmoid(model(x).float())
             if tta:
                 p = 0.5 * (p + torch.sigmoid(model(torch.flip(x, dims=[3])).float()).flip(dims=[3]))
-            probs[idx, rows, cols] = p[:, 0, :ch, :cw].cpu().numpy()
+            batch_probs = p[:, 0, :ch, :cw].cpu().numpy()
+            check_finite(batch_probs, model)
+            probs[idx, rows, cols] = batch_probs
             done += len(idx)
             yield done, z, None
     yield z, z, probs

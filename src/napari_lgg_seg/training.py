@@ -26,7 +26,15 @@ from .inference import autocast_context, cpu_uses_bf16, resolve_device
 from .io import atomic_write_csv, atomic_write_text
 from .losses import make_loss
 from .metrics import score_patient, summarize
-from .model import ModelConfig, UNet, atomic_torch_save, checkpoint_dict, load_model, read_checkpoint
+from .model import (
+    CheckpointError,
+    ModelConfig,
+    UNet,
+    atomic_torch_save,
+    checkpoint_dict,
+    load_model,
+    read_checkpoint,
+)
 from .plots import save_curve_pngs, save_prediction_grid
 from .transforms import (
     FLAIR,
@@ -41,6 +49,7 @@ from .transforms import (
 BEST = "best.pt"
 LAST = "last.pt"
 SELECTION_METRIC = "patient_dice_mean"
+FALLBACK_SELECTION_METRIC = "slice_dice"  # when no validation patient has tumour
 
 
 def _git_commit() -> str:
@@ -223,6 +232,8 @@ def train(
     resume: bool = False,
     should_stop: Callable[[], bool] | None = None,
     epochs: int | None = None,
+    overwrite: bool = False,
+    resume_overrides: dict | None = None,
 ) -> Iterator[dict]:
     """Train a U-Net; yields reports. Writes checkpoints, metrics.csv and PNGs into ``out_dir``.
 
@@ -231,8 +242,13 @@ def train(
     (to extend a finished run), else the saved one is kept. ``should_stop`` is polled after every
     batch; a stop at the end of an epoch saves it, a stop mid-epoch discards the partial epoch
     (``last.pt`` keeps the state at that epoch's start, so a resume repeats it exactly).
+
+    A new run refuses an ``out_dir`` that holds checkpoints (``*.pt``) unless ``overwrite`` (which then
+    removes the previous run's checkpoints); ``resume_overrides`` (device, precision, num_threads,
+    cache_dir) apply to a resumed run, whose other settings are the saved ones. Checks raise before any work.
     """
     config.validate()
+    check_run_folder(out_dir, resume=resume, overwrite=overwrite)
     ctx = _DistributedContext()
     device = resolve_device(config.device)
     if ctx.enabled and device.type == "cuda":
@@ -245,13 +261,12 @@ def train(
     last_path = out / LAST
     resume_state = None
     if resume:
-        if not last_path.is_file():
-            raise FileNotFoundError(f"cannot resume: {last_path} does not exist")
-        resume_state = read_checkpoint(last_path)
-        saved = TrainConfig.from_dict(resume_state["config"])
+        resume_state, saved = read_resume_state(last_path)
         config = saved  # the saved run defines the experiment; epochs may be extended
         if epochs is not None:
             config = dataclasses.replace(config, epochs=int(epochs))
+        if resume_overrides:
+            config = dataclasses.replace(config, **resume_overrides)
         config.validate()
     elif epochs is not None:
         config = dataclasses.replace(config, epochs=int(epochs))
@@ -263,6 +278,13 @@ def train(
     folders = index_patients(data_roots)
     if resume_state is not None:
         split = resume_state["meta"]["split"]
+        missing = [p for part in ("train", "val", "test") for p in split.get(part, []) if p not in folders]
+        if missing:
+            raise ValueError(
+                f"cannot resume {out}: the data roots given ({', '.join(map(str, data_roots))}) lack "
+                f"{len(missing)} patient(s) of the run's split ({', '.join(missing[:5])}"
+                f"{', ...' if len(missing) > 5 else ''}); give the run's data roots "
+                f"({', '.join(resume_state['meta'].get('data_roots', [])) or 'see its split.json'}).")
     else:
         split = split_patients(list(folders), val_fraction=config.val_fraction, test_fraction=config.test_fraction,
                                seed=config.seed, train=config.train_patients, val=config.val_patients,
@@ -306,6 +328,7 @@ def train(
     epoch_rng = np.random.default_rng(config.seed)  # same on every rank: the sampler's shared order
     gen = torch.Generator().manual_seed(config.seed + 1000 * ctx.rank)
     start_epoch, step, best, history = 0, 0, -1.0, []
+    best_epoch, selected_on = 0, SELECTION_METRIC
     wall_before = 0.0
     if resume_state is not None:
         model.load_state_dict(resume_state["state_dict"])
@@ -315,6 +338,7 @@ def train(
         _restore_rng(ts["rng"], rng, gen)
         epoch_rng.bit_generator.state = json.loads(ts["epoch_rng"])
         start_epoch, step, best = ts["epoch"], ts["step"], ts["best"]
+        best_epoch, selected_on = ts.get("best_epoch", 0), ts.get("selected_on", SELECTION_METRIC)
         history = json.loads(ts["history"])
         wall_before = ts.get("wall_seconds", 0.0)
 
@@ -332,6 +356,9 @@ def train(
         **init_meta,
     }
     if ctx.is_main:
+        if overwrite and not resume:  # the old run's checkpoints go only once the new run could start
+            for old in _run_checkpoints(out):
+                old.unlink()
         atomic_write_text(out / "split.json", json.dumps(split, indent=2))
         atomic_write_text(out / "config.json", json.dumps(config.to_dict(), indent=2))
     yield {"kind": "start", "epochs": config.epochs, "steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
@@ -396,7 +423,7 @@ def train(
             for condition, r in result["conditions"].items():  # e.g. val_flair_only_patient_dice_mean
                 record.update({f"val_{condition}_{k}": v for k, v in r["summary"].items()
                                if k in ("patient_dice_mean", "patient_dice_median") and isinstance(v, float)})
-            metric = s[SELECTION_METRIC]
+            selected_on, metric = selection_metric(s)
             pid = max(result["probabilities"], key=lambda p: int(val_store.masks[val_store.patient_slices(
                 val_store.patient_ids.index(p))].sum()))
             sl = val_store.patient_slices(val_store.patient_ids.index(pid))
@@ -414,7 +441,9 @@ def train(
             improved = not math.isnan(metric) and metric > best
             if improved or val_store is None:
                 best = metric if not math.isnan(metric) else best
-                atomic_torch_save(checkpoint_dict(model, config.to_dict(), {**meta, "best_epoch": epoch + 1}), out / BEST)
+                best_epoch = epoch + 1
+                atomic_torch_save(checkpoint_dict(model, config.to_dict(), {**meta, "best_epoch": epoch + 1,
+                                                                           "selected_on": selected_on}), out / BEST)
             ckpt = checkpoint_dict(model, config.to_dict(), meta)
             if config.keep_epoch_checkpoints:  # the weights and card of last.pt, without the training state
                 atomic_torch_save(ckpt, out / f"epoch_{epoch + 1}.pt")
@@ -422,6 +451,7 @@ def train(
                 "optimizer": optimizer.state_dict(), "scheduler": plateau.state_dict(),
                 "rng": _rng_state(rng, gen), "epoch_rng": json.dumps(epoch_rng.bit_generator.state),
                 "epoch": epoch + 1, "step": step, "best": best, "history": json.dumps(history),
+                "best_epoch": best_epoch, "selected_on": selected_on,
                 "wall_seconds": wall,
             }
             atomic_torch_save(ckpt, last_path)
@@ -431,8 +461,71 @@ def train(
         yield {"kind": "epoch", **record, "best": best, "improved": metric >= best}
         if stopped:
             break
-    yield {"kind": "done", "stopped": stopped, "best": best, "out_dir": str(out), "history": history,
-           "best_path": str(out / BEST), "wall_seconds": wall_before + time.perf_counter() - run_start}
+    done = {"kind": "done", "stopped": stopped, "best": best, "out_dir": str(out), "history": history,
+            "best_path": str(out / BEST), "best_saved": (out / BEST).is_file(), "best_epoch": best_epoch,
+            "selected_on": None if val_store is None else selected_on,
+            "wall_seconds": wall_before + time.perf_counter() - run_start}
+    yield {**done, "summary": done_summary(done)}
+
+
+def selection_metric(summary: dict) -> tuple[str, float]:
+    """(name, value) of the validation metric that picks ``best.pt`` (higher is better): the per-patient Dice,
+    or the slice Dice when no validation patient has tumour (the per-patient Dice is then undefined)."""
+    for name in (SELECTION_METRIC, FALLBACK_SELECTION_METRIC):
+        value = summary.get(name, float("nan"))
+        if isinstance(value, float) and math.isfinite(value):
+            return name, value
+    return SELECTION_METRIC, float("nan")
+
+
+def done_summary(done: dict) -> str:
+    """One true sentence about a finished run's checkpoints, for the CLI and the dock."""
+    out = done["out_dir"]
+    if not done["best_saved"]:
+        return f"no epoch completed, so no checkpoint was written to {out}"
+    if done["selected_on"] is None:
+        return f"no validation patients: {done['best_path']} holds the last epoch's weights; checkpoints in {out}"
+    if done["selected_on"] != SELECTION_METRIC:
+        return (f"the validation patients have no tumour, so best.pt was selected on validation "
+                f"{done['selected_on']} {done['best']:.4f} (epoch {done['best_epoch']}); checkpoints in {out}")
+    return f"best val per-patient Dice {done['best']:.4f} (epoch {done['best_epoch']}); checkpoints in {out}"
+
+
+def _run_checkpoints(out: Path) -> list[Path]:
+    return sorted(p for p in out.glob("*.pt") if p.is_file() or p.is_symlink()) if out.is_dir() else []
+
+
+def check_run_folder(out_dir: str | os.PathLike, *, resume: bool = False, overwrite: bool = False) -> None:
+    """Refuse a new run in a folder that holds checkpoints (``*.pt``, e.g. a copied shipped model) unless
+    ``overwrite``; refuse ``resume`` together with ``overwrite``. Raises ``FileExistsError`` / ``ValueError``."""
+    out = Path(out_dir)
+    if resume and overwrite:
+        raise ValueError("resume continues the run in the folder and overwrite replaces it; choose one.")
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out}: exists and is not a folder; choose another run folder.")
+    found = _run_checkpoints(out)
+    if found and not resume and not overwrite:
+        names = ", ".join(p.name for p in found[:4]) + (", ..." if len(found) > 4 else "")
+        raise FileExistsError(f"{out} already holds checkpoints ({names}); resume that run (--resume), replace "
+                              "them (--overwrite) or choose another run folder.")
+
+
+def read_resume_state(last_path: Path) -> tuple[dict, TrainConfig]:
+    """The checkpoint and saved config of a run to resume; refuses files without a training state."""
+    if not last_path.is_file():
+        raise FileNotFoundError(f"cannot resume: {last_path} does not exist")
+    state = read_checkpoint(last_path)
+    ts, meta = state.get("train_state"), state.get("meta")
+    if not isinstance(ts, dict) or not isinstance(meta, dict) or not isinstance(meta.get("split"), dict):
+        raise CheckpointError(
+            f"{last_path}: cannot resume: it holds no training state (optimiser, epoch, split); it is a model-only "
+            "checkpoint such as a copied best.pt. Start a new run from its weights with --init-weights instead.")
+    try:
+        saved = TrainConfig.from_dict(state.get("config", {}))
+        saved.validate()
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{last_path}: cannot resume: its saved config is invalid ({err}).") from err
+    return state, saved
 
 
 def _write_metrics_csv(path: Path, history: list[dict]) -> None:
