@@ -34,26 +34,29 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     meta = json.loads(args.card.read_text())["meta"]
     test, inference = meta["test"], meta["inference"]
-    chosen, raw = meta["validation"]["chosen"], meta["validation"]["raw"]
-    print(f"Settings chosen on the {len(meta['split']['val'])} validation patients: threshold "
+    print(f"Inference settings ({meta.get('inference_chosen_by', 'from the card')}): threshold "
           f"{inference['threshold']}, TTA {'on' if inference['tta'] else 'off'}, keep largest 3D component "
           f"{'yes' if inference['keep_largest'] else 'no'}, minimum lesion {inference['min_lesion_voxels']} voxels, "
-          f"hole filling {'yes' if inference['fill_holes'] else 'no'} (validation per-patient Dice "
-          f"{raw['patient_dice_mean']:.3f} raw -> {chosen['patient_dice_mean']:.3f}, FP rate "
-          f"{raw['empty_slice_fp_rate']:.2f} -> {chosen['empty_slice_fp_rate']:.3f}).\n")
-    print(f"Results on the {test['summary']['patients']} held-out test patients:\n")
-    print("| metric | raw (threshold 0.5, no clean-up) | shipped settings | published |")
-    print("| --- | --- | --- | --- |")
+          f"hole filling {'yes' if inference['fill_holes'] else 'no'}.\n")
+    print(f"{meta.get('expected_accuracy', 'Results on the held-out test patients')}.\n")
+    conditions = test.get("conditions", {})
+    print("| metric | raw (threshold 0.5, no clean-up) | shipped settings | " +
+          "".join(f"{c.replace('_', '-')} (simulated) | " for c in conditions) + "published |")
+    print("| --- | --- | --- | " + "--- | " * len(conditions) + "--- |")
     for label, key, published in ROWS:
-        print(f"| {label} | {_cell(test['summary_raw'], key)} | **{_cell(test['summary'], key)}** | {published} |")
+        extra = "".join(f"{_cell(conditions[c], key)} | " for c in conditions)
+        print(f"| {label} | {_cell(test['summary_raw'], key)} | **{_cell(test['summary'], key)}** | {extra}{published} |")
+    for c, summary in conditions.items():
+        print(f"\n{c.replace('_', '-')}: per-patient Dice lost against the intact images: "
+              f"{summary['patient_dice_drop_mean']:.3f} on average, {summary['patient_dice_drop_max']:.3f} at worst.")
     dice = sorted((row["volume_dice"] for row in test["patients"]), reverse=True)
     print("\nPer test patient (volumetric Dice): " + ", ".join(f"{d:.3f}" for d in dice) + ".")
-    stages = meta.get("training_stages") or [{"epochs": meta.get("epochs_done"), "steps": meta.get("steps_done"),
-                                              "wall_seconds": meta.get("wall_seconds")}]
-    total = sum(s.get("wall_seconds") or 0.0 for s in stages)
-    print("\nTraining up to the shipped checkpoint: " + "; ".join(
-        f"stage {i + 1}: {s.get('epochs')} epochs ({s.get('steps')} steps), {(s.get('wall_seconds') or 0) / 60:.0f} min"
-        for i, s in enumerate(stages)) + f"; total {total / 60:.0f} min on {meta.get('hardware', 'unknown hardware')}.")
+    run = meta.get("test_run", {})
+    print(f"\nShipped model: {meta.get('epochs_done')} epochs ({meta.get('steps_done')} steps) in "
+          f"{(meta.get('wall_seconds') or 0) / 60:.0f} min on {meta.get('hardware', 'unknown hardware')}"
+          + (f"; test run {run.get('run')}: {run.get('steps_done')} steps in {(run.get('wall_seconds') or 0) / 60:.0f}"
+             f" min on {run.get('hardware')}" if run and run.get("run") != meta.get("source_checkpoint", "/").split("/")[0]
+             else "") + ".")
     return 0
 
 
