@@ -309,3 +309,17 @@ def test_atomic_write_names_the_file_and_keeps_errno(tmp_path):
     with pytest.raises(OSError) as info:
         atomic_write_text(tmp_path / "missing-folder" / "x.json", "new")
     assert info.value.errno == errno.ENOENT and "Free disk space" not in str(info.value)
+
+
+def test_hidden_folders_are_never_patients(tmp_path):
+    """A killed writer's ``.P.partial-xxxx`` with slices inside is not a patient, and is named as a leftover."""
+    images, masks = make_phantom(n_slices=2, size=16, seed=0)
+    partial = write_patient_folder(tmp_path / "root", PID, masks, images=images).rename(
+        tmp_path / "root" / f".{PID}.partial-1234")
+    assert not is_patient_folder(partial)
+    assert io.writer_leftovers(tmp_path / "root") == [partial]
+    with pytest.warns(UserWarning, match=r"\.partial-1234.*half-written"):
+        assert find_patient_folders(tmp_path / "root") == []
+    with pytest.raises(LGGFormatError, match="no patient folders"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        io.require_patient_folders(tmp_path / "root")

@@ -106,10 +106,45 @@ def _tiff_files(folder: Path) -> list[Path]:
     return files
 
 
+def is_hidden_name(name: str) -> bool:
+    """True for hidden or temporary names (``.x``, e.g. a killed writer's ``.P.partial-xxxx``); never patients."""
+    return name.startswith(".") and name not in (".", "..")
+
+
+_LEFTOVER_RE = re.compile(r"^\.(?P<patient>.+)\.(?P<kind>partial|replaced)-[^/]*$")
+
+
+def writer_leftovers(root: str | os.PathLike) -> list[Path]:
+    """Folders below ``root`` left by a killed writer (``.P.partial-xxxx``, ``.P.replaced-<pid>``)."""
+    try:
+        with os.scandir(root) as it:
+            return sorted(Path(e.path) for e in it if _LEFTOVER_RE.match(e.name) and e.is_dir(follow_symlinks=False))
+    except OSError:
+        return []
+
+
+def _warn_leftovers(root: Path) -> None:
+    leftovers = writer_leftovers(root)
+    if not leftovers:
+        return
+    parts = []
+    for path in leftovers:
+        m = _LEFTOVER_RE.match(path.name)
+        if m and m["kind"] == "replaced" and not (root / m["patient"]).exists():
+            parts.append(f"{path.name} (the previous version of {m['patient']}: rename it back to restore it)")
+        else:
+            parts.append(f"{path.name} (half-written: delete it)")
+    warnings.warn(f"{root}: ignored leftovers of an interrupted write (a killed export or segment): "
+                  f"{', '.join(parts)}", stacklevel=3)
+
+
 def is_patient_folder(path: str | os.PathLike) -> bool:
-    """True when ``path`` is a folder holding at least one ``<PATIENT>_<k>.tif`` image slice."""
+    """True when ``path`` is a folder holding at least one ``<PATIENT>_<k>.tif`` image slice.
+
+    Hidden and temporary folders (name starting with ``.``) are never patients.
+    """
     path = Path(path)
-    if not path.is_dir():
+    if is_hidden_name(path.name) or not path.is_dir():
         return False
     try:
         with os.scandir(path) as it:
@@ -123,18 +158,44 @@ def is_patient_folder(path: str | os.PathLike) -> bool:
 
 
 def find_patient_folders(root: str | os.PathLike) -> list[Path]:
-    """Patient folders directly below a dataset root (sorted by name); the root itself if it is one."""
+    """Patient folders directly below a dataset root (sorted by name); the root itself if it is one.
+
+    Hidden and temporary folders are skipped (leftovers of killed writers are named in a warning); a link to a
+    folder already listed (same resolved folder) is listed once, under the real folder's name.
+    """
     root = Path(root)
     if is_patient_folder(root):
         return [root]
     if not root.is_dir():
         return []
     try:
-        children = sorted(p for p in root.iterdir() if p.is_dir() and not p.is_symlink() or
-                          (p.is_symlink() and p.is_dir() and not _points_inside(p, root)))
+        children = sorted(p for p in root.iterdir() if not is_hidden_name(p.name) and (
+            p.is_dir() and not p.is_symlink() or (p.is_symlink() and p.is_dir() and not _points_inside(p, root))))
     except OSError:
         return []
-    return [p for p in children if is_patient_folder(p)]
+    _warn_leftovers(root)
+    found = [p for p in children if is_patient_folder(p)]
+    return _unique_folders(found)
+
+
+def _resolved(folder: Path) -> Path:
+    try:
+        return folder.resolve()
+    except (OSError, RuntimeError):
+        return folder.absolute()
+
+
+def _unique_folders(folders: list[Path]) -> list[Path]:
+    """Drop folders whose resolved path was seen already; a real folder wins over a link to it."""
+    ordered = sorted(folders, key=lambda p: p.is_symlink())  # stable: real folders first
+    seen: dict[Path, Path] = {}
+    for folder in ordered:
+        key = _resolved(folder)
+        if key in seen:
+            warnings.warn(f"{folder} is a link to {seen[key]}; the patient is counted once", stacklevel=3)
+            continue
+        seen[key] = folder
+    return sorted(seen.values())
 
 
 def require_patient_folders(root: str | os.PathLike) -> list[Path]:
