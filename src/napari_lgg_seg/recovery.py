@@ -110,9 +110,10 @@ def save_recovery(patient_id: str, mask: np.ndarray, *, ai_mask: np.ndarray | No
 
 
 def has_recovery(patient_id: str) -> bool:
-    """True when a recovery file of this patient (stored id checked) exists."""
+    """True when a recovery file of this patient exists (one readably holding another patient does not count;
+    a damaged one does, so that loading it warns)."""
     path = _existing_path(patient_id)
-    return path is not None and _stored_id(path) == patient_id
+    return path is not None and _stored_id(path) in (patient_id, None)
 
 
 def load_recovery(patient_id: str) -> Recovery | None:
@@ -138,9 +139,10 @@ def load_recovery(patient_id: str) -> Recovery | None:
 
 
 def clear_recovery(patient_id: str) -> bool:
-    """Delete the patient's recovery file (only one holding this patient); True if one was removed."""
+    """Delete the patient's recovery file (never one readably holding another patient); True if one was
+    removed."""
     path = _existing_path(patient_id)
-    if path is None or _stored_id(path) != patient_id:
+    if path is None or _stored_id(path) not in (patient_id, None):
         return False
     try:
         path.unlink()
