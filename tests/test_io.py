@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import warnings
 from pathlib import Path
 
@@ -376,3 +377,22 @@ def test_two_concurrent_writers_one_wins_one_is_refused(tmp_path, attempt):
     np.testing.assert_array_equal(back.masks, masks)
     assert json.loads((root / PID / "lgg_seg_export.json").read_text()) == {"writer": winner}
     assert [p.name for p in root.iterdir()] == [PID]  # no temporary folder left
+
+
+def test_killed_overwrite_is_recovered_by_the_next_writer(tmp_path):
+    """A writer killed between its two renames leaves only ``.P.replaced-<pid>``: it is named as the previous
+    version, and the next write of that patient restores it (and then refuses, since the folder exists again);
+    a stale backup beside a complete folder is dropped."""
+    images, masks = make_phantom(n_slices=2, size=16, seed=0)
+    root = tmp_path / "out"
+    target = write_patient_folder(root, PID, masks, images=images)
+    before = {p.name: p.read_bytes() for p in target.iterdir()}
+    backup = target.rename(root / f".{PID}.replaced-99999")
+    with pytest.warns(UserWarning, match=rf"replaced-99999 \(the previous version of {PID}: rename it back"):
+        assert find_patient_folders(root) == []
+    with pytest.warns(UserWarning, match="restored from"), pytest.raises(FileExistsError, match="already exists"):
+        write_patient_folder(root, PID, np.ones_like(masks), images=images)
+    assert {p.name: p.read_bytes() for p in target.iterdir()} == before and not backup.exists()
+    shutil.copytree(target, backup)
+    write_patient_folder(root, PID, np.ones_like(masks), images=images, overwrite=True)
+    assert [p.name for p in root.iterdir()] == [PID]
