@@ -631,6 +631,169 @@ def export_case(ctx: Context) -> Row:
                seen, safe, problem or changed)
 
 
+def _issue12_cli(ctx: Context, command: str, *args: str | Path) -> tuple[str, str]:
+    code, out, err = run_cli(ctx, command, *args)
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    problem = ""
+    if "Traceback" in err:
+        problem = "the CLI printed a traceback"
+    elif code != 2 or not (lines and lines[-1].startswith(f"napari-lgg-seg {command}: error: ")):
+        problem = f"exit code {code}, expected 2 and one error line"
+    return f"exit {code}: {msg(ctx.clean(lines[-1]) if lines else '(nothing on stderr)')}", problem
+
+
+def hidden_and_linked_patients_case(ctx: Context) -> Row:
+    """A killed export's ``.P.partial-1234`` (with slices) and a link to a patient inside the same root."""
+    from napari_lgg_seg.data import index_patients, split_patients
+
+    root = ctx.folder("hidden_root")
+    write_patient(root / PID)
+    write_patient(root / "BAD_02_20000101")
+    for f in (root / "BAD_02_20000101").iterdir():
+        f.rename(f.with_name(f.name.replace(PID, "BAD_02_20000101")))
+    shutil.copytree(root / PID, root / f".{PID}.partial-1234")
+    os.symlink(root / PID, root / "ZZ_link")
+    before = snapshot(root)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        index = index_patients([root])
+        split = split_patients(list(index), val_fraction=0.5, seed=0)
+    every = split["train"] + split["val"] + split["test"]
+    problem = "" if sorted(every) == sorted([PID, "BAD_02_20000101"]) else f"split holds {every}"
+    notes = "; ".join(f"warning: {msg(ctx.clean(w.message))}" for w in caught)
+    seen = f"{len(index)} patients indexed, each once in the split, the hidden folder never; {notes}"
+    safe, changed = unchanged(before, root, "root")
+    return Row("dataset root with a killed export's .P.partial-1234 (slices inside) and a link to a patient",
+               "train / evaluate (data.index_patients, split_patients)", seen, safe, problem or changed)
+
+
+def _racing_export(root: str, barrier, seed: int, results) -> None:
+    from napari_lgg_seg import io as lgg_io
+    from napari_lgg_seg.sample import make_phantom
+
+    images, masks = make_phantom(n_slices=3, size=16, seed=seed)
+    real_write, calls = lgg_io._write_tiff, [0]
+
+    def write(path, array):
+        real_write(path, array)
+        calls[0] += 1
+        if calls[0] == 2 * len(masks):
+            barrier.wait(timeout=60)  # both writers reach the final rename together
+
+    lgg_io._write_tiff = write
+    try:
+        lgg_io.write_patient_folder(root, PID, masks, images=images, sidecar={"writer": seed})
+        results.put(("ok", str(seed)))
+    except FileExistsError as err:
+        results.put(("refused", str(err)))
+    except BaseException as err:  # noqa: BLE001
+        results.put(("other", f"{type(err).__name__}: {err}"))
+
+
+def concurrent_export_case(ctx: Context) -> Row:
+    import multiprocessing
+
+    mp = multiprocessing.get_context("fork")
+    barrier, results = mp.Barrier(2), mp.Queue()
+    root = ctx.folder("race") / "out"
+    procs = [mp.Process(target=_racing_export, args=(str(root), barrier, seed, results)) for seed in (1, 2)]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(120)
+    outcomes = sorted(results.get(timeout=10) for _ in procs)
+    kinds = [o[0] for o in outcomes]
+    problem = "" if kinds == ["ok", "refused"] else f"outcomes {kinds}"
+    seen = (f"one writes, the other: FileExistsError: {msg(ctx.clean(outcomes[1][1]))}" if not problem
+            else f"{outcomes}")
+    entries = sorted(p.name for p in root.iterdir())
+    complete = len(list((root / PID).glob("*_mask.tif"))) == 3 if (root / PID).is_dir() else False
+    safe = (f"yes (the winner's folder is complete, no temporary folder left: {entries})"
+            if complete and entries == [PID] else f"no ({entries})")
+    return Row("two exports of the same patient at the same moment (two processes, overwrite off)",
+               "export / segment (io.write_patient_folder)", seen, safe,
+               problem or ("" if safe.startswith("yes") else "incomplete or leftovers"))
+
+
+def export_overwrite_cases(ctx: Context) -> list[Row]:
+    from napari_lgg_seg.export import export_corrected_patient
+    from napari_lgg_seg.io import load_patient
+
+    rows = []
+    base = ctx.folder("export_overwrite")
+    source = write_patient(base / "data" / PID)
+    (source / "notes.txt").write_text("mine")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        patient = load_patient(source)
+    for label, out, prepare in (
+        ("export with overwrite into the root the patient was read from", base / "data", None),
+        ("export with overwrite onto a folder holding files the plugin did not write (notes.txt, no sidecar)",
+         base / "other", lambda: write_patient(base / "other" / PID) and (base / "other" / PID / "notes.txt")
+         .write_text("mine")),
+    ):
+        if prepare:
+            prepare()
+        before = snapshot(out)
+        problem = ""
+        try:
+            export_corrected_patient(out, np.ones_like(patient.masks), patient.metadata(), images=patient.images,
+                                     overwrite=True)
+            seen, problem = "written (folder replaced)", "replaced a folder the plugin did not write"
+        except FileExistsError as err:
+            seen = f"FileExistsError: {msg(ctx.clean(err))}"
+        safe, changed = unchanged(before, out, "folder")
+        rows.append(Row(label, "export (export_corrected_patient, export dock)", seen, safe, problem or changed))
+    return rows
+
+
+def existing_outputs_cases(ctx: Context) -> list[Row]:
+    base = ctx.folder("existing_outputs")
+    demo_out = base / "demo"
+    demo_out.mkdir()
+    (demo_out / "overview.png").write_bytes(b"the user's picture")
+    before = snapshot(demo_out)
+    seen, problem = _issue12_cli(ctx, "demo", "--headless", "--device", "cpu", "--out", demo_out)
+    safe, changed = unchanged(before, demo_out, "folder")
+    rows = [Row("demo --out d where d/overview.png exists", "CLI demo", seen, safe, problem or changed)]
+    data = ctx.folder("existing_outputs_data")
+    write_patient(data / PID)
+    eval_out = base / "eval"
+    eval_out.mkdir()
+    (eval_out / "summary.json").write_text("mine")
+    (eval_out / "per_patient.csv").write_text("mine")
+    before = snapshot(eval_out)
+    seen, problem = _issue12_cli(ctx, "evaluate", "--data", data, "--weights", ctx.checkpoint(), "--device", "cpu",
+                                 "--out", eval_out)
+    safe, changed = unchanged(before, eval_out, "folder")
+    rows.append(Row("evaluate --out where summary.json / per_patient.csv exist", "CLI evaluate", seen, safe,
+                    problem or changed))
+    return rows
+
+
+def recovery_ids_case(ctx: Context) -> Row:
+    from napari_lgg_seg import recovery
+
+    old = os.environ.get(recovery.ENV_VAR)
+    os.environ[recovery.ENV_VAR] = str(ctx.folder("recovery"))
+    try:
+        a, b = "TCGA CS 4943", "TCGA_CS_4943"
+        recovery.save_recovery(a, np.zeros((1, 4, 4), np.uint8))
+        recovery.save_recovery(b, np.ones((1, 4, 4), np.uint8))
+        got_a, got_b = recovery.load_recovery(a), recovery.load_recovery(b)
+        ok = got_a is not None and got_b is not None and got_a.mask.sum() == 0 and got_b.mask.sum() == 16
+        names = sorted(p.name for p in recovery.recovery_dir().iterdir())
+    finally:
+        if old is None:
+            os.environ.pop(recovery.ENV_VAR, None)
+        else:
+            os.environ[recovery.ENV_VAR] = old
+    return Row('autosave of patients "TCGA CS 4943" and "TCGA_CS_4943" (ids that sanitise alike)',
+               "segment / export docks (recovery)", f"two files ({', '.join(names)}); each patient is offered its "
+               "own edits; a file holding another patient id is not offered (warning)",
+               "yes (each patient's edits restored)" if ok else "no (edits mixed up)", "" if ok else "edits lost")
+
+
 # --- output --------------------------------------------------------------------------------------------------
 
 
@@ -882,6 +1045,11 @@ def main() -> int:
             rows.append(export_case(ctx))
             rows.append(training_full_disk_case(ctx))
             rows += issue12_validation_cases(ctx)  # issue 12 block (see BEGIN/END markers above)
+            rows.append(hidden_and_linked_patients_case(ctx))
+            rows.append(concurrent_export_case(ctx))
+            rows += export_overwrite_cases(ctx)
+            rows += existing_outputs_cases(ctx)
+            rows.append(recovery_ids_case(ctx))
         finally:
             for dirpath, _, filenames in os.walk(tmp):  # let the clean-up remove chmod-000 files
                 for name in filenames:

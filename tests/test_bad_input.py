@@ -395,3 +395,17 @@ def test_permission_error_message(tmp_path, monkeypatch):
 def test_missing_file_message(tmp_path):
     with pytest.raises(LGGFormatError, match="file not found"):
         read_tiff(tmp_path / "absent.tif")
+
+
+def test_killed_writers_leftovers_and_links_in_a_root(tmp_path, capsys, tiny_checkpoint):
+    """Issue 12: a killed export's ``.P.partial-1234`` made ``segment`` fail on the root, and a link to a patient
+    counted it twice. Segment writes each real patient once and names the leftover in a warning."""
+    root = tmp_path / "root"
+    write_patient(root / PID)
+    shutil.copytree(root / PID, root / f".{PID}.partial-1234")
+    os.symlink(root / PID, root / "ZZ_link")
+    with pytest.warns(UserWarning, match=r"leftovers of an interrupted write.*partial-1234"):
+        code, out, err = segment(capsys, root, tmp_path / "out", tiny_checkpoint)
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [PID]
+    assert "masks of 1 patient written" in err + out

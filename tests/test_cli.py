@@ -311,7 +311,7 @@ def test_demo_headless_with_default_model(capsys, tmp_path, monkeypatch):
     assert (out / "overview.png").read_bytes().startswith(PNG_SIGNATURE)
     assert json.loads((masks_dir / "lgg_seg_export.json").read_text())["tool"] == demo.DEMO_TOOL
     # a second run replaces the first run's output (here with a shorter phantom)
-    result = demo.run_headless(out, device="cpu", n_slices=4)
+    result = demo.run_headless(out, device="cpu", n_slices=4, overwrite=True)
     assert result["masks"] == masks_dir and 0.0 <= result["dice"] <= 1.0
     assert len(list(masks_dir.glob("*_mask.tif"))) == 4
 
@@ -487,3 +487,48 @@ def test_bad_card_is_refused_by_segment(capsys, tmp_path, phantom_patient, meta,
     code, _, err = run_cli(capsys, "segment", phantom_patient, "--out", tmp_path / "out", "--weights", checkpoint)
     assert code == 2 and str(checkpoint) in err and field in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()
+
+
+def test_demo_never_replaces_an_existing_overview_or_masks(capsys, tmp_path, monkeypatch):
+    """Issue 12: ``demo --out d`` overwrote the user's d/overview.png. It refuses, naming the file and the way out
+    (a new folder or --overwrite), before any work; --overwrite replaces an earlier demo's output."""
+    monkeypatch.setattr(model, "DEFAULT_MODEL_PATH", make_tiny_checkpoint(tmp_path / "default.pt"))
+    out = tmp_path / "d"
+    out.mkdir()
+    (out / "overview.png").write_bytes(b"the user's picture")
+    code, _, err = run_cli(capsys, "demo", "--headless", "--out", out)
+    assert code == 2 and f"{out / 'overview.png'} already exists" in err and "--overwrite" in err
+    assert (out / "overview.png").read_bytes() == b"the user's picture"
+    assert sorted(p.name for p in out.iterdir()) == ["overview.png"]  # nothing written
+    (out / "overview.png").unlink()
+    assert run_cli(capsys, "demo", "--headless", "--out", out)[0] == 0
+    masks = out / "PHANTOM_00_20000101"
+    (out / "overview.png").unlink()  # the masks alone are refused too
+    before = {p.name: p.read_bytes() for p in masks.iterdir()}
+    code, _, err = run_cli(capsys, "demo", "--headless", "--out", out)
+    assert code == 2 and f"{masks} already exists" in err
+    assert {p.name: p.read_bytes() for p in masks.iterdir()} == before
+    assert run_cli(capsys, "demo", "--headless", "--out", out, "--overwrite")[0] == 0
+    assert (out / "overview.png").read_bytes().startswith(PNG_SIGNATURE)
+
+
+def test_evaluate_never_replaces_existing_results(capsys, phantom_root, tmp_path):
+    """Issue 12: ``evaluate --out`` replaced summary.json and per_patient.csv without a word. It refuses before
+    any work, naming the file; --overwrite replaces them."""
+    ckpt = make_tiny_checkpoint(tmp_path / "tiny.pt")
+    out = tmp_path / "eval"
+    out.mkdir()
+    (out / "summary.json").write_text("mine")
+    args = ("evaluate", "--data", phantom_root, "--weights", ckpt, "--device", "cpu", "--conditions", "intact",
+            "--patients", "PHANTOM_00_20000101", "--out", out)
+    code, _, err = run_cli(capsys, *args)
+    assert code == 2 and f"{out / 'summary.json'} already exists" in err and "--overwrite" in err
+    assert (out / "summary.json").read_text() == "mine" and not (out / "per_patient.csv").exists()
+    (out / "summary.json").unlink()
+    (out / "per_patient.csv").write_text("mine")
+    code, _, err = run_cli(capsys, *args)
+    assert code == 2 and f"{out / 'per_patient.csv'} already exists" in err
+    assert (out / "per_patient.csv").read_text() == "mine"
+    code, _, err = run_cli(capsys, *args, "--overwrite")
+    assert code == 0, err
+    assert json.loads((out / "summary.json").read_text())["summary"]["patients"] == 1

@@ -107,3 +107,22 @@ def test_corrupt_cache_is_ignored(phantom_patient, tmp_path):
         warnings.simplefilter("error")
         patient = load_patient_cached(phantom_patient, cache)
     np.testing.assert_array_equal(patient.images, load_patient(phantom_patient).images)
+
+
+def test_hidden_leftovers_and_links_are_never_extra_patients(phantom_root):
+    """A killed export's ``.P.partial-1234`` (slices inside) and a link to a patient inside the same root: each
+    patient is indexed and split once, the hidden folder never (issue 12), and the leftover is named."""
+    real = sorted(p for p in phantom_root.iterdir() if p.is_dir())
+    partial = phantom_root / f".{real[0].name}.partial-1234"
+    partial.mkdir()
+    for f in sorted(real[0].iterdir())[:2]:
+        (partial / f.name).write_bytes(f.read_bytes())
+    os.symlink(real[1], phantom_root / "ZZ_link_01")
+    with pytest.warns(UserWarning, match=r"\.partial-1234"):
+        index = index_patients([phantom_root])
+    assert sorted(index) == sorted(p.name for p in real)
+    assert len({p.resolve() for p in index.values()}) == len(index)
+    split = split_patients(list(index), val_fraction=0.34, seed=0)
+    every = split["train"] + split["val"] + split["test"]
+    assert sorted(every) == sorted(p.name for p in real)
+    assert not any(p.startswith(".") for p in every)

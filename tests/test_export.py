@@ -133,3 +133,63 @@ def test_writer_without_metadata_numbers_slices_from_one(tmp_path):
     folder = Path(written[0])
     assert folder.name == "my_labels"
     assert [p.name for p in folder.glob("*.tif")] == ["my_labels_1_mask.tif"]
+
+
+def _write_original(folder: Path, pid: str = "ORIG_01_20000101", n: int = 3) -> Path:
+    """A patient as the user has it: slices and ground truth, no sidecar of the plugin."""
+    from napari_lgg_seg.sample import make_phantom
+
+    images, masks = make_phantom(n_slices=n, size=32, seed=3)
+    folder.mkdir(parents=True)
+    for i in range(n):
+        tifffile.imwrite(folder / f"{pid}_{i + 1}.tif", images[i], photometric="rgb")
+        tifffile.imwrite(folder / f"{pid}_{i + 1}_mask.tif", masks[i] * 255)
+    return folder
+
+
+def _snapshot(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_export_overwrite_never_replaces_the_source_folder(tmp_path):
+    """Issue 12: export with overwrite into the root the patient was read from replaced the original ground
+    truth and deleted notes.txt. The source folder is never replaced, with or without a plugin sidecar."""
+    source = _write_original(tmp_path / "data" / "ORIG_01_20000101")
+    (source / "notes.txt").write_text("mine")
+    patient = quiet_load(source)
+    before = _snapshot(tmp_path / "data")
+    with pytest.raises(FileExistsError, match=r"ORIG_01_20000101.*read from"):
+        export_corrected_patient(tmp_path / "data", np.ones_like(patient.masks), patient.metadata(),
+                                 images=patient.images, overwrite=True)
+    (source / "lgg_seg_export.json").write_text("{}")  # even a folder the plugin wrote once
+    (source / "notes.txt").unlink()
+    before = _snapshot(tmp_path / "data")
+    with pytest.raises(FileExistsError, match="read from"):
+        export_corrected_patient(tmp_path / "data", np.ones_like(patient.masks), patient.metadata(),
+                                 images=patient.images, overwrite=True)
+    assert _snapshot(tmp_path / "data") == before
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["ORIG_01_20000101"]
+
+
+def test_export_overwrite_only_replaces_what_the_plugin_wrote(phantom_patient, tmp_path):
+    """Overwrite replaces a previous export (sidecar, its own slices), never a folder without a sidecar or one
+    holding a file the plugin did not write; the message names the folder."""
+    patient = quiet_load(phantom_patient)
+    pid = patient.patient_id
+    out = tmp_path / "out"
+    _write_original(out / pid, pid=pid)  # the user's own copy of the patient: no sidecar
+    before = _snapshot(out)
+    with pytest.raises(FileExistsError, match=rf"{pid} has no lgg_seg_export.json"):
+        export_corrected_patient(out, patient.masks, patient.metadata(), images=patient.images, overwrite=True)
+    assert _snapshot(out) == before
+    (out / pid / "lgg_seg_export.json").write_text("{}")
+    (out / pid / "notes.txt").write_text("mine")
+    before = _snapshot(out)
+    with pytest.raises(FileExistsError, match=rf"{pid} holds files napari-lgg-seg did not write \(notes.txt\)"):
+        export_corrected_patient(out, patient.masks, patient.metadata(), images=patient.images, overwrite=True)
+    assert _snapshot(out) == before
+    (out / pid / "notes.txt").unlink()
+    target = export_corrected_patient(out, edited(patient.masks), patient.metadata(), images=patient.images,
+                                      overwrite=True)  # a previous export: replaced
+    np.testing.assert_array_equal(quiet_load(target).masks, edited(patient.masks))
+    assert sorted(p.name for p in out.iterdir()) == [pid]

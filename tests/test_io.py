@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
+import shutil
 import warnings
 from pathlib import Path
 
@@ -214,7 +216,7 @@ def test_write_patient_folder_round_trip_and_refuses_overwrite(tmp_path):
     target = write_patient_folder(tmp_path / "out", PID, masks, images=images, slice_numbers=[4, 5, 7])
     assert target == tmp_path / "out" / PID
     assert sorted(p.name for p in target.iterdir()) == sorted(
-        [f"{PID}_{k}.tif" for k in (4, 5, 7)] + [f"{PID}_{k}_mask.tif" for k in (4, 5, 7)])
+        [f"{PID}_{k}.tif" for k in (4, 5, 7)] + [f"{PID}_{k}_mask.tif" for k in (4, 5, 7)] + ["lgg_seg_export.json"])
     assert set(np.unique(tifffile.imread(target / f"{PID}_5_mask.tif"))) <= {0, 255}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -260,7 +262,8 @@ def test_write_patient_folder_masks_only_and_validation(tmp_path):
     masks = np.zeros((2, 16, 16), np.uint8)
     masks[1, 4:8, 4:8] = 1
     target = write_patient_folder(tmp_path, PID, masks, slice_numbers=[3, 9], masks_only=True)
-    assert sorted(p.name for p in target.iterdir()) == [f"{PID}_3_mask.tif", f"{PID}_9_mask.tif"]
+    assert sorted(p.name for p in target.iterdir()) == [f"{PID}_3_mask.tif", f"{PID}_9_mask.tif",
+                                                       "lgg_seg_export.json"]
     np.testing.assert_array_equal(tifffile.imread(target / f"{PID}_9_mask.tif"), masks[1] * 255)
     with pytest.raises(LGGFormatError, match="slice numbers"):
         write_patient_folder(tmp_path, "X", masks, slice_numbers=[1], masks_only=True)
@@ -309,3 +312,87 @@ def test_atomic_write_names_the_file_and_keeps_errno(tmp_path):
     with pytest.raises(OSError) as info:
         atomic_write_text(tmp_path / "missing-folder" / "x.json", "new")
     assert info.value.errno == errno.ENOENT and "Free disk space" not in str(info.value)
+
+
+def test_hidden_folders_are_never_patients(tmp_path):
+    """A killed writer's ``.P.partial-xxxx`` with slices inside is not a patient, and is named as a leftover."""
+    images, masks = make_phantom(n_slices=2, size=16, seed=0)
+    partial = write_patient_folder(tmp_path / "root", PID, masks, images=images).rename(
+        tmp_path / "root" / f".{PID}.partial-1234")
+    assert not is_patient_folder(partial)
+    assert io.writer_leftovers(tmp_path / "root") == [partial]
+    with pytest.warns(UserWarning, match=r"\.partial-1234.*half-written"):
+        assert find_patient_folders(tmp_path / "root") == []
+    with pytest.raises(LGGFormatError, match="no patient folders"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        io.require_patient_folders(tmp_path / "root")
+
+
+def _racing_writer(root: str, barrier, seed: int, results) -> None:
+    """Child process: write the same patient as its twin; both wait at the barrier once every slice is written,
+    so both reach the final rename together."""
+    images, masks = make_phantom(n_slices=3, size=16, seed=seed)
+    real_write, calls = io._write_tiff, [0]
+
+    def write(path, array):
+        real_write(path, array)
+        calls[0] += 1
+        if calls[0] == 2 * len(masks):
+            barrier.wait(timeout=60)
+
+    io._write_tiff = write
+    try:
+        io.write_patient_folder(root, PID, masks, images=images, sidecar={"writer": seed})
+        results.put(("ok", seed))
+    except FileExistsError as err:
+        results.put(("refused", str(err)))
+    except BaseException as err:  # noqa: BLE001
+        results.put(("other", f"{type(err).__name__}: {err}"))
+
+
+@pytest.mark.parametrize("attempt", range(3))
+def test_two_concurrent_writers_one_wins_one_is_refused(tmp_path, attempt):
+    """Issue 12: two exports of one patient at the same moment both reported success and one was lost. With two
+    real processes meeting at the final step: exactly one writes, the other is refused naming the folder, and
+    the surviving folder is complete."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    barrier, results = ctx.Barrier(2), ctx.Queue()
+    root = tmp_path / "out"
+    procs = [ctx.Process(target=_racing_writer, args=(str(root), barrier, seed, results)) for seed in (1, 2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    outcomes = sorted(results.get(timeout=10) for _ in procs)
+    assert [o[0] for o in outcomes] == ["ok", "refused"], outcomes
+    assert str(root / PID) in outcomes[1][1] and "already exists" in outcomes[1][1]
+    winner = outcomes[0][1]
+    images, masks = make_phantom(n_slices=3, size=16, seed=winner)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        back = load_patient(root / PID)
+    np.testing.assert_array_equal(back.images, images)
+    np.testing.assert_array_equal(back.masks, masks)
+    assert json.loads((root / PID / "lgg_seg_export.json").read_text()) == {"writer": winner}
+    assert [p.name for p in root.iterdir()] == [PID]  # no temporary folder left
+
+
+def test_killed_overwrite_is_recovered_by_the_next_writer(tmp_path):
+    """A writer killed between its two renames leaves only ``.P.replaced-<pid>``: it is named as the previous
+    version, and the next write of that patient restores it (and then refuses, since the folder exists again);
+    a stale backup beside a complete folder is dropped."""
+    images, masks = make_phantom(n_slices=2, size=16, seed=0)
+    root = tmp_path / "out"
+    target = write_patient_folder(root, PID, masks, images=images)
+    before = {p.name: p.read_bytes() for p in target.iterdir()}
+    backup = target.rename(root / f".{PID}.replaced-99999")
+    with pytest.warns(UserWarning, match=rf"replaced-99999 \(the previous version of {PID}: rename it back"):
+        assert find_patient_folders(root) == []
+    with pytest.warns(UserWarning, match="restored from"), pytest.raises(FileExistsError, match="already exists"):
+        write_patient_folder(root, PID, np.ones_like(masks), images=images)
+    assert {p.name: p.read_bytes() for p in target.iterdir()} == before and not backup.exists()
+    shutil.copytree(target, backup)
+    write_patient_folder(root, PID, np.ones_like(masks), images=images, overwrite=True)
+    assert [p.name for p in root.iterdir()] == [PID]

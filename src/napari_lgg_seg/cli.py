@@ -84,11 +84,15 @@ def _resume_overrides(args: argparse.Namespace) -> dict:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .evaluation import evaluate_folders
+    from .evaluation import check_results_out, evaluate_folders, write_results
 
+    if args.out is not None:
+        check_results_out(args.out, args.overwrite)  # before any work
     result = evaluate_folders(args.data, args.weights, patients=args.patients, device=args.device,
-                              batch_size=args.batch_size, tta=args.tta, out=args.out,
+                              batch_size=args.batch_size, tta=args.tta,
                               progress=lambda text: _progress_line(text), conditions=args.conditions)
+    if args.out is not None:
+        write_results(args.out, result, overwrite=args.overwrite)
     print()
     print(json.dumps(result["summary"], indent=2))
     for condition, summary in result["conditions"].items():
@@ -264,7 +268,7 @@ def cmd_eda(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    return run_demo(out=args.out, headless=args.headless, device=args.device)
+    return run_demo(out=args.out, headless=args.headless, device=args.device, overwrite=args.overwrite)
 
 
 def _split_test_patients(path: Path) -> list[str]:
@@ -309,6 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", dest="batch_size", type=config_option("val_batch_size"), default=16)
     p.add_argument("--tta", action="store_true", default=None)
     p.add_argument("--out", help="folder for per_patient.csv and summary.json")
+    p.add_argument("--overwrite", action="store_true", help="replace per_patient.csv and summary.json in --out")
     p.add_argument("--conditions", nargs="+", default=["intact", "flair_only", "no_post"],
                    choices=["intact", "flair_only", "no_post", "no_pre"],
                    help="also score with missing sequences simulated (FLAIR copied into pre+post / post / pre)")
@@ -337,6 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="open the phantom sample in napari and segment it (headless without display)")
     p.add_argument("--out", default="demo_output", help="folder for the headless demo's masks and overview.png")
     p.add_argument("--headless", action="store_true", help="do not open napari even if a display is available")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier demo's output in --out")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_demo)
     return parser

@@ -15,13 +15,25 @@ from .transforms import volume_channel_stats
 
 
 def index_patients(roots: list[str | os.PathLike]) -> dict[str, Path]:
-    """Map patient id (folder name) -> folder over one or more roots in the LGG layout."""
+    """Map patient id (folder name) -> folder over one or more roots in the LGG layout.
+
+    Patients are identified by their resolved folder: a link to a folder already indexed (in the same or another
+    root) is skipped with a warning, so no patient is counted twice. Hidden/temporary folders are never patients.
+    """
     found: dict[str, Path] = {}
+    by_resolved: dict[Path, str] = {}
     for root in roots:
         for folder in require_patient_folders(root):
+            resolved = folder.resolve()
+            if resolved in by_resolved:
+                warnings.warn(f"{folder} is the same folder as patient {by_resolved[resolved]}; counted once",
+                              stacklevel=2)
+                continue
             if folder.name in found:
                 warnings.warn(f"patient {folder.name} found in several roots; using {folder}", stacklevel=2)
+                by_resolved = {k: v for k, v in by_resolved.items() if v != folder.name}
             found[folder.name] = folder
+            by_resolved[resolved] = folder.name
     return found
 
 

@@ -89,8 +89,25 @@ def _is_demo_output(folder: Path) -> bool:
         return False
 
 
-def run_headless(out: str | os.PathLike = "demo_output", device: str = "auto", n_slices: int = 24) -> dict:
+def _check_demo_out(out: Path, patient_id: str, overwrite: bool, masks: bool) -> None:
+    """Refuse to replace what ``out`` holds: the overview (and the masks folder, when masks will be written)."""
+    target = out / patient_id
+    if masks and (target.exists() or target.is_symlink()) and not _is_demo_output(target):
+        raise FileExistsError(f"{target} exists and is not an earlier demo's output; choose another --out.")
+    if overwrite:
+        return
+    for path in ([out / "overview.png"] + ([target] if masks else [])):
+        if path.exists() or path.is_symlink():
+            raise FileExistsError(f"{path} already exists; choose a new --out folder, or pass --overwrite to "
+                                  "replace the demo's output there.")
+
+
+def run_headless(out: str | os.PathLike = "demo_output", device: str = "auto", n_slices: int = 24,
+                 overwrite: bool = False) -> dict:
     """Segment the phantom with the default model (if installed); write masks and ``overview.png`` to ``out``.
+
+    Refuses (``FileExistsError``, before any work) when ``out`` already holds ``overview.png`` or the masks,
+    unless ``overwrite``; a masks folder that is not an earlier demo's output is never replaced.
 
     Returns a dict with ``overview``, ``masks`` (folder or None) and ``dice`` (or None).
     """
@@ -102,6 +119,7 @@ def run_headless(out: str | os.PathLike = "demo_output", device: str = "auto", n
         raise FileExistsError(f"{out} exists and is not a folder; choose another --out.")
     patient = sample_patient(n_slices)
     model_path = default_model_path()
+    _check_demo_out(out, patient.patient_id, overwrite, masks=model_path is not None)
     result: dict = {"overview": None, "masks": None, "dice": None}
     mask = None
     if model_path is None:
@@ -116,9 +134,6 @@ def run_headless(out: str | os.PathLike = "demo_output", device: str = "auto", n
 
         loaded, dev, path = load_inference_model(str(model_path), device)
         settings, tta = inference_settings(loaded)
-        target = out / patient.patient_id
-        if target.exists() and not _is_demo_output(target):
-            raise FileExistsError(f"{target} exists and is not an earlier demo's output; choose another --out.")
         start = time.perf_counter()
         probs = predict_any_size(loaded.model, patient.images, size=loaded.training_size, device=dev, tta=tta,
                                  progress=lambda done, total: _progress_line(f"segmenting: {done}/{total} slices"))
@@ -185,11 +200,12 @@ def run_gui() -> int:
     return 0
 
 
-def run_demo(out: str | os.PathLike = "demo_output", headless: bool = False, device: str = "auto") -> int:
+def run_demo(out: str | os.PathLike = "demo_output", headless: bool = False, device: str = "auto",
+             overwrite: bool = False) -> int:
     """The ``demo`` command: napari when a display is available (and not ``headless``), else headless."""
     if not headless and display_available():
         return run_gui()
     if not headless:
         print("no display is available (DISPLAY and WAYLAND_DISPLAY are unset); running the demo headless.")
-    run_headless(out, device=device)
+    run_headless(out, device=device, overwrite=overwrite)
     return 0

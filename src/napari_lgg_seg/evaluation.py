@@ -61,8 +61,24 @@ def patient_row(scores: PatientScores, seconds: float | None = None) -> dict:
     }
 
 
-def write_results(out: str | os.PathLike, result: dict) -> tuple[Path, Path]:
-    """Write ``per_patient.csv`` and ``summary.json`` (summary + settings) into ``out``."""
+RESULT_FILES = ("per_patient.csv", "summary.json")
+
+
+def check_results_out(out: str | os.PathLike, overwrite: bool = False) -> None:
+    """Refuse (``FileExistsError`` naming the file) when ``out`` already holds results and not ``overwrite``."""
+    if overwrite:
+        return
+    for name in RESULT_FILES:
+        path = Path(out) / name
+        if path.exists() or path.is_symlink():
+            raise FileExistsError(f"{path} already exists; choose a new --out folder, or pass --overwrite to "
+                                  "replace the results there.")
+
+
+def write_results(out: str | os.PathLike, result: dict, *, overwrite: bool = False) -> tuple[Path, Path]:
+    """Write ``per_patient.csv`` and ``summary.json`` (summary + settings) into ``out``; existing results are
+    replaced only with ``overwrite`` (see :func:`check_results_out`)."""
+    check_results_out(out, overwrite)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     csv_path, json_path = out / "per_patient.csv", out / "summary.json"
@@ -128,6 +144,9 @@ def evaluate_folders(
     """
     from .inference import card_settings, postprocess, resolve_device
     from .io import load_patient
+
+    if out is not None:
+        check_results_out(out)  # before any work
     from .model import load_model_or_default
     from .transforms import simulate_missing_sequences
 

@@ -26,7 +26,8 @@ def export_corrected_patient(
 
     ``metadata`` is the layer metadata the reader made (source files and slice numbers); the
     original image files are copied byte for byte when they still exist, else ``images``
-    (Z, H, W, 3) uint8 are written. Raises ``FileExistsError`` rather than overwrite.
+    (Z, H, W, 3) uint8 are written. Raises ``FileExistsError`` rather than overwrite; with ``overwrite`` it
+    still never replaces the folder the patient was read from, nor a folder holding files it did not write.
     """
     masks = np.asarray(masks)
     if masks.ndim != 3:
@@ -54,4 +55,4 @@ def export_corrected_patient(
         "tool": "napari-lgg-seg",
     }
     return write_patient_folder(out_root, pid, masks, images=images, image_files=files, slice_numbers=numbers,
-                                sidecar=sidecar, overwrite=overwrite)
+                                sidecar=sidecar, overwrite=overwrite, source_folder=metadata.get("lgg_folder"))

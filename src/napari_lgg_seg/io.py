@@ -6,6 +6,7 @@ Layout: ``<ROOT>/<PATIENT>/<PATIENT>_<k>.tif`` (H x W x 3 uint8) with optional
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -106,10 +107,45 @@ def _tiff_files(folder: Path) -> list[Path]:
     return files
 
 
+def is_hidden_name(name: str) -> bool:
+    """True for hidden or temporary names (``.x``, e.g. a killed writer's ``.P.partial-xxxx``); never patients."""
+    return name.startswith(".") and name not in (".", "..")
+
+
+_LEFTOVER_RE = re.compile(r"^\.(?P<patient>.+)\.(?P<kind>partial|replaced)-[^/]*$")
+
+
+def writer_leftovers(root: str | os.PathLike) -> list[Path]:
+    """Folders below ``root`` left by a killed writer (``.P.partial-xxxx``, ``.P.replaced-<pid>``)."""
+    try:
+        with os.scandir(root) as it:
+            return sorted(Path(e.path) for e in it if _LEFTOVER_RE.match(e.name) and e.is_dir(follow_symlinks=False))
+    except OSError:
+        return []
+
+
+def _warn_leftovers(root: Path) -> None:
+    leftovers = writer_leftovers(root)
+    if not leftovers:
+        return
+    parts = []
+    for path in leftovers:
+        m = _LEFTOVER_RE.match(path.name)
+        if m and m["kind"] == "replaced" and not (root / m["patient"]).exists():
+            parts.append(f"{path.name} (the previous version of {m['patient']}: rename it back to restore it)")
+        else:
+            parts.append(f"{path.name} (half-written: delete it)")
+    warnings.warn(f"{root}: ignored leftovers of an interrupted write (a killed export or segment): "
+                  f"{', '.join(parts)}", stacklevel=3)
+
+
 def is_patient_folder(path: str | os.PathLike) -> bool:
-    """True when ``path`` is a folder holding at least one ``<PATIENT>_<k>.tif`` image slice."""
+    """True when ``path`` is a folder holding at least one ``<PATIENT>_<k>.tif`` image slice.
+
+    Hidden and temporary folders (name starting with ``.``) are never patients.
+    """
     path = Path(path)
-    if not path.is_dir():
+    if is_hidden_name(path.name) or not path.is_dir():
         return False
     try:
         with os.scandir(path) as it:
@@ -123,18 +159,44 @@ def is_patient_folder(path: str | os.PathLike) -> bool:
 
 
 def find_patient_folders(root: str | os.PathLike) -> list[Path]:
-    """Patient folders directly below a dataset root (sorted by name); the root itself if it is one."""
+    """Patient folders directly below a dataset root (sorted by name); the root itself if it is one.
+
+    Hidden and temporary folders are skipped (leftovers of killed writers are named in a warning); a link to a
+    folder already listed (same resolved folder) is listed once, under the real folder's name.
+    """
     root = Path(root)
     if is_patient_folder(root):
         return [root]
     if not root.is_dir():
         return []
     try:
-        children = sorted(p for p in root.iterdir() if p.is_dir() and not p.is_symlink() or
-                          (p.is_symlink() and p.is_dir() and not _points_inside(p, root)))
+        children = sorted(p for p in root.iterdir() if not is_hidden_name(p.name) and (
+            p.is_dir() and not p.is_symlink() or (p.is_symlink() and p.is_dir() and not _points_inside(p, root))))
     except OSError:
         return []
-    return [p for p in children if is_patient_folder(p)]
+    _warn_leftovers(root)
+    found = [p for p in children if is_patient_folder(p)]
+    return _unique_folders(found)
+
+
+def _resolved(folder: Path) -> Path:
+    try:
+        return folder.resolve()
+    except (OSError, RuntimeError):
+        return folder.absolute()
+
+
+def _unique_folders(folders: list[Path]) -> list[Path]:
+    """Drop folders whose resolved path was seen already; a real folder wins over a link to it."""
+    ordered = sorted(folders, key=lambda p: p.is_symlink())  # stable: real folders first
+    seen: dict[Path, Path] = {}
+    for folder in ordered:
+        key = _resolved(folder)
+        if key in seen:
+            warnings.warn(f"{folder} is a link to {seen[key]}; the patient is counted once", stacklevel=3)
+            continue
+        seen[key] = folder
+    return sorted(seen.values())
 
 
 def require_patient_folders(root: str | os.PathLike) -> list[Path]:
@@ -418,6 +480,87 @@ def _write_tiff(path: Path, array: np.ndarray) -> None:
     tifffile.imwrite(path, array, compression="zlib", photometric="minisblack" if array.ndim == 2 else "rgb")
 
 
+PLUGIN_SIDECARS = ("lgg_seg_export.json", "lgg_seg_segment.json")  # how a folder the plugin wrote is recognised
+
+
+@contextlib.contextmanager
+def _folder_lock(folder: Path):
+    """Hold an exclusive lock on ``folder`` (the output root) for the final rename of a patient folder.
+
+    ``flock`` on the directory itself: no lock file is left behind and a killed writer's lock is released by
+    the operating system. Where ``fcntl`` is missing (Windows) a ``.lgg_seg.lock`` file is locked instead.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        import msvcrt
+
+        fd = os.open(folder / ".lgg_seg.lock", os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            msvcrt.locking(fd, msvcrt.LK_LOCK, 1)
+            yield
+        finally:
+            os.close(fd)
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _check_replaceable(target: Path, patient_id: str) -> None:
+    """Refuse to replace ``target`` unless napari-lgg-seg wrote it: a real folder with one of its sidecars and
+    nothing but that patient's slices besides."""
+    if target.is_symlink() or not target.is_dir():
+        raise FileExistsError(f"{target} exists and is not a folder napari-lgg-seg wrote; it is left as it is. "
+                              "Choose another output folder.")
+    names, foreign = [], []
+    with os.scandir(target) as it:
+        for entry in it:
+            names.append(entry.name)
+            parsed = parse_slice_name(entry.name)
+            own = entry.name in PLUGIN_SIDECARS or (parsed is not None and parsed.patient == patient_id)
+            if not own or not entry.is_file(follow_symlinks=False):
+                foreign.append(entry.name)
+    if not any(n in PLUGIN_SIDECARS for n in names):
+        raise FileExistsError(f"{target} has no {PLUGIN_SIDECARS[0]} (it was not written by napari-lgg-seg); it "
+                              "is never replaced. Choose another output folder.")
+    if foreign:
+        shown = ", ".join(sorted(foreign)[:3]) + (", ..." if len(foreign) > 3 else "")
+        raise FileExistsError(f"{target} holds files napari-lgg-seg did not write ({shown}); it is never replaced. "
+                              "Move them away or choose another output folder.")
+
+
+def _check_not_source(target: Path, source: str | os.PathLike | None, image_files: list[str] | None) -> None:
+    """Never replace the folder the patient was read from (or one holding the images being copied)."""
+    resolved = _resolved(target)
+    sources = [Path(source)] if source else []
+    sources += [Path(f).parent for f in (image_files or [])[:1]]
+    for folder in sources:
+        folder = _resolved(folder)
+        if folder == resolved or resolved in folder.parents or folder in resolved.parents:
+            raise FileExistsError(f"{target} is the folder the patient was read from ({folder}); it is never "
+                                  "replaced. Choose another output folder.")
+
+
+def _restore_or_drop_backups(out_root: Path, patient_id: str, target: Path) -> None:
+    """Under the lock: a ``.P.replaced-<pid>`` left by a writer killed between its two renames is restored when
+    the patient folder is missing, and deleted when the new folder is in place."""
+    for backup in sorted(out_root.glob(f".{glob_escape(patient_id)}.replaced-*")):
+        if not target.exists() and not target.is_symlink():
+            os.rename(backup, target)
+            warnings.warn(f"{target} restored from {backup.name} (left by an interrupted overwrite)", stacklevel=3)
+        else:
+            shutil.rmtree(backup, ignore_errors=True)
+
+
+def glob_escape(name: str) -> str:
+    """Escape glob characters in a name."""
+    return re.sub(r"([*?\[])", r"[\1]", name)
+
+
 def write_patient_folder(
     out_root: str | os.PathLike,
     patient_id: str,
@@ -429,12 +572,16 @@ def write_patient_folder(
     sidecar: dict | None = None,
     overwrite: bool = False,
     masks_only: bool = False,
+    source_folder: str | os.PathLike | None = None,
 ) -> Path:
-    """Write a patient in the dataset layout, atomically (temporary folder, then rename).
+    """Write a patient in the dataset layout, atomically (temporary folder, then rename under a lock).
 
     Images are copied byte for byte from ``image_files`` when those exist, else written from
-    ``images``. Masks are written as uint8 0/255. Raises ``FileExistsError`` when the patient
-    folder exists and ``overwrite`` is false.
+    ``images``. Masks are written as uint8 0/255; a sidecar (``lgg_seg_export.json``) marks the folder as
+    written by the plugin. Raises ``FileExistsError`` when the patient folder exists and ``overwrite`` is false
+    (checked again atomically at the final rename, so of two concurrent writers one wins and one is refused),
+    when it is the folder the patient was read from (``source_folder`` / ``image_files``), or when it holds
+    files the plugin did not write.
     """
     out_root = Path(out_root)
     patient_id = sanitize_name(patient_id)
@@ -450,10 +597,17 @@ def write_patient_folder(
     if not masks_only and images is None and image_files is None:
         raise LGGFormatError("images or image_files are needed to write a training folder.")
     target = out_root / patient_id
-    if target.exists() and not overwrite:
-        raise FileExistsError(
-            f"{target} already exists; choose another output folder or allow overwriting."
-        )
+    _check_not_source(target, source_folder, image_files)
+
+    def check_existing() -> None:
+        if target.exists() or target.is_symlink():
+            if not overwrite:
+                raise FileExistsError(
+                    f"{target} already exists; choose another output folder or allow overwriting."
+                )
+            _check_replaceable(target, patient_id)
+
+    check_existing()
     out_root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out_root, prefix=f".{patient_id}.partial-"))
     try:
@@ -469,15 +623,18 @@ def write_patient_folder(
                     raise LGGFormatError(f"source image {source} is missing and no pixels were given.")
             mask = (masks[i] > 0).astype(np.uint8) * 255
             _write_tiff(tmp / f"{patient_id}_{k}_mask.tif", mask)
-        if sidecar is not None:
-            (tmp / "lgg_seg_export.json").write_text(json.dumps(sidecar, indent=2, default=str))
-        if target.exists():
-            backup = out_root / f".{patient_id}.replaced-{os.getpid()}"
-            os.replace(target, backup)
-            os.replace(tmp, target)
-            shutil.rmtree(backup, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
+        meta = sidecar if sidecar is not None else {"patient_id": patient_id, "tool": "napari-lgg-seg"}
+        (tmp / PLUGIN_SIDECARS[0]).write_text(json.dumps(meta, indent=2, default=str))
+        with _folder_lock(out_root):
+            _restore_or_drop_backups(out_root, patient_id, target)
+            check_existing()  # again, atomically with the rename: a concurrent writer may have finished meanwhile
+            if target.exists() or target.is_symlink():
+                backup = out_root / f".{patient_id}.replaced-{os.getpid()}"
+                os.rename(target, backup)
+                os.rename(tmp, target)
+                shutil.rmtree(backup, ignore_errors=True)
+            else:
+                os.rename(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

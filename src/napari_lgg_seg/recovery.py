@@ -1,7 +1,9 @@
 """Crash recovery for corrected masks (Qt-free): autosave files under a per-user folder.
 
 Files live in ``$LGG_SEG_RECOVERY_DIR`` or ``$XDG_CACHE_HOME/napari-lgg-seg/recovery`` (default
-``~/.cache/napari-lgg-seg/recovery``), one ``<PATIENT>.npz`` per patient, written atomically.
+``~/.cache/napari-lgg-seg/recovery``), one ``<PATIENT>-<hash>.npz`` per patient (sanitised id + a short hash
+of the exact id, so ids that sanitise alike never share a file), written atomically. The stored patient id is
+checked on load: a file holding another patient is never offered.
 """
 
 from __future__ import annotations
@@ -32,8 +34,34 @@ def recovery_dir() -> Path:
 
 
 def recovery_path(patient_id: str) -> Path:
-    """The recovery file of one patient."""
+    """The recovery file of one patient: sanitised id + short hash of the exact id."""
+    digest = hashlib.blake2b(str(patient_id).encode("utf-8", "surrogatepass"), digest_size=6).hexdigest()
+    return recovery_dir() / f"{sanitize_name(patient_id)[:80]}-{digest}.npz"
+
+
+def _legacy_path(patient_id: str) -> Path:
+    """Where versions before the hashed names kept the file (``<sanitised id>.npz``)."""
     return recovery_dir() / f"{sanitize_name(patient_id)}.npz"
+
+
+def _stored_id(path: Path) -> str | None:
+    """The patient id stored in a recovery file (``None`` if absent or unreadable)."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return json.loads(bytes(data["info"]).decode()).get("patient_id")
+    except Exception:  # noqa: BLE001 - unreadable: the caller treats it as not this patient's
+        return None
+
+
+def _existing_path(patient_id: str) -> Path | None:
+    """This patient's recovery file: the hashed name, else a legacy file whose stored id matches exactly."""
+    path = recovery_path(patient_id)
+    if path.is_file():
+        return path
+    legacy = _legacy_path(patient_id)
+    if legacy.is_file() and _stored_id(legacy) == patient_id:
+        return legacy
+    return None
 
 
 def mask_digest(mask: np.ndarray) -> str:
@@ -82,14 +110,17 @@ def save_recovery(patient_id: str, mask: np.ndarray, *, ai_mask: np.ndarray | No
 
 
 def has_recovery(patient_id: str) -> bool:
-    """True when a recovery file exists for the patient."""
-    return recovery_path(patient_id).is_file()
+    """True when a recovery file of this patient exists (one readably holding another patient does not count;
+    a damaged one does, so that loading it warns)."""
+    path = _existing_path(patient_id)
+    return path is not None and _stored_id(path) in (patient_id, None)
 
 
 def load_recovery(patient_id: str) -> Recovery | None:
-    """Read a patient's recovery file; ``None`` when absent or unreadable (the file is kept)."""
-    path = recovery_path(patient_id)
-    if not path.is_file():
+    """Read a patient's recovery file; ``None`` when absent, unreadable or holding another patient (the file
+    is kept in both cases, with a warning)."""
+    path = _existing_path(patient_id)
+    if path is None:
         return None
     try:
         with np.load(path, allow_pickle=False) as data:
@@ -100,12 +131,19 @@ def load_recovery(patient_id: str) -> Recovery | None:
         warnings.warn(f"recovery file {path} is unreadable ({type(err).__name__}: {err}); left in place",
                       stacklevel=2)
         return None
+    if info.get("patient_id") != patient_id:
+        warnings.warn(f"recovery file {path} holds patient {info.get('patient_id')!r}, not {patient_id!r}; "
+                      "not offered, left in place", stacklevel=2)
+        return None
     return Recovery(mask=mask, ai_mask=ai_mask, info=info, path=path)
 
 
 def clear_recovery(patient_id: str) -> bool:
-    """Delete the patient's recovery file; True if one was removed."""
-    path = recovery_path(patient_id)
+    """Delete the patient's recovery file (never one readably holding another patient); True if one was
+    removed."""
+    path = _existing_path(patient_id)
+    if path is None or _stored_id(path) not in (patient_id, None):
+        return False
     try:
         path.unlink()
     except FileNotFoundError:
