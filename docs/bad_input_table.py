@@ -794,6 +794,56 @@ def recovery_ids_case(ctx: Context) -> Row:
                "yes (each patient's edits restored)" if ok else "no (edits mixed up)", "" if ok else "edits lost")
 
 
+def reader_pages_colour_gaps_umask_cases(ctx: Context) -> list[Row]:
+    """issue 12, readers: multi-page files, colour masks, a huge slice-number gap, output folder permissions."""
+    import tifffile
+
+    from napari_lgg_seg.io import LGGFormatError, load_patient, read_tiff, write_patient_folder
+
+    rows = []
+    folder = ctx.folder("pages")
+    for v in (10, 20, 30):
+        tifffile.imwrite(folder / "P_1.tif", np.full((8, 8), v, np.uint8), append=True)
+    got = read_tiff(folder / "P_1.tif")[0, 0].tolist()
+    rows.append(Row("slice saved as 3 single-channel pages", "reader", f"read as (pre, FLAIR, post) = {got}",
+                    "yes" if got == [10, 20, 30] else "no", "" if got == [10, 20, 30] else "wrong channels"))
+    for _ in range(4):
+        tifffile.imwrite(folder / "P_2.tif", np.zeros((8, 8), np.uint8), append=True)
+    try:
+        read_tiff(folder / "P_2.tif")
+        rows.append(Row("4-page volume in one slice file", "reader", "opened as one slice", "no", "pages lost"))
+    except LGGFormatError as err:
+        rows.append(Row("4-page volume in one slice file", "reader", msg(ctx.clean(str(err))), "yes (nothing read)"))
+    colour = ctx.folder("colour") / "P"
+    colour.mkdir()
+    tifffile.imwrite(colour / "P_1.tif", np.full((8, 8, 3), 50, np.uint8))
+    mask = np.zeros((8, 8, 3), np.uint8)
+    mask[2:4, 2:4, 1] = 255
+    tifffile.imwrite(colour / "P_1_mask.tif", mask)
+    n = int(load_patient(colour).masks.sum())
+    rows.append(Row("mask drawn in colour (tumour in the green channel)", "reader", f"{n} tumour pixels (any "
+                    "non-zero channel counts)", "yes" if n == 4 else "no", "" if n == 4 else "empty ground truth"))
+    gap = ctx.folder("gap") / "P"
+    gap.mkdir()
+    for k in (1, 100_000_000_000):
+        tifffile.imwrite(gap / f"P_{k}.tif", np.full((8, 8, 3), 50, np.uint8))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        load_patient(gap)
+    rows.append(Row("slices numbered 1 and 100000000000", "reader", "warning: " + msg(str(caught[0].message)) if caught
+                    else "no warning", "yes (read; gap check in O(files))"))
+    old = os.umask(0o022)
+    try:
+        out = write_patient_folder(ctx.folder("umask"), "P", np.zeros((1, 8, 8), np.uint8),
+                                   images=np.full((1, 8, 8, 3), 50, np.uint8))
+    finally:
+        os.umask(old)
+    mode = oct(Path(out).stat().st_mode & 0o777)
+    rows.append(Row("output patient folder with umask 022", "export / segment writers", f"folder mode {mode}",
+                    "yes" if mode == "0o755" else "no", "" if mode == "0o755" else "mode 0700 (mkdtemp)"))
+    return rows
+
+
 # --- output --------------------------------------------------------------------------------------------------
 
 
@@ -1050,6 +1100,7 @@ def main() -> int:
             rows += export_overwrite_cases(ctx)
             rows += existing_outputs_cases(ctx)
             rows.append(recovery_ids_case(ctx))
+            rows += reader_pages_colour_gaps_umask_cases(ctx)
         finally:
             for dirpath, _, filenames in os.walk(tmp):  # let the clean-up remove chmod-000 files
                 for name in filenames:

@@ -396,3 +396,64 @@ def test_killed_overwrite_is_recovered_by_the_next_writer(tmp_path):
     shutil.copytree(target, backup)
     write_patient_folder(root, PID, np.ones_like(masks), images=images, overwrite=True)
     assert [p.name for p in root.iterdir()] == [PID]
+
+
+def test_three_page_tiff_is_read_as_channels_and_other_multipage_files_refused(tmp_path):
+    """issue 12: a slice saved as three single-channel pages is read as (pre, FLAIR, post), not as its first page;
+    a many-page volume in one file is refused with a message instead of opening as one slice."""
+    import tifffile
+
+    from napari_lgg_seg.io import LGGFormatError, read_tiff
+
+    planes = [np.full((8, 8), v, np.uint8) for v in (10, 20, 30)]
+    for plane in planes:  # 3 pages, one per channel
+        tifffile.imwrite(tmp_path / "P_1.tif", plane, append=True)
+    assert len(tifffile.TiffFile(tmp_path / "P_1.tif").pages) == 3
+    image = read_tiff(tmp_path / "P_1.tif")
+    assert image.shape == (8, 8, 3) and image[0, 0].tolist() == [10, 20, 30]
+    tifffile.imwrite(tmp_path / "P_3.tif", np.stack(planes), planarconfig="separate", photometric="rgb")
+    assert read_tiff(tmp_path / "P_3.tif")[0, 0].tolist() == [10, 20, 30]
+    for _ in range(4):
+        tifffile.imwrite(tmp_path / "P_2.tif", np.zeros((8, 8), np.uint8), append=True)
+    with pytest.raises(LGGFormatError, match="holds 4 pages"):
+        read_tiff(tmp_path / "P_2.tif")
+
+
+def test_colour_mask_counts_any_channel(tmp_path):
+    import tifffile
+
+    from napari_lgg_seg.io import load_patient
+
+    folder = tmp_path / "P"
+    folder.mkdir()
+    tifffile.imwrite(folder / "P_1.tif", np.full((8, 8, 3), 50, np.uint8))
+    mask = np.zeros((8, 8, 3), np.uint8)
+    mask[2:4, 2:4, 1] = 255  # tumour drawn in green only
+    tifffile.imwrite(folder / "P_1_mask.tif", mask)
+    assert int(load_patient(folder).masks.sum()) == 4
+
+
+def test_huge_slice_number_gap_is_cheap(tmp_path):
+    """A slice numbered 100000000000 must not build a set of the whole range (it raised MemoryError)."""
+    import tifffile
+
+    from napari_lgg_seg.io import load_patient
+
+    folder = tmp_path / "P"
+    folder.mkdir()
+    for k in (1, 100_000_000_000):
+        tifffile.imwrite(folder / f"P_{k}.tif", np.full((8, 8, 3), 50, np.uint8))
+    with pytest.warns(UserWarning, match="gaps"):
+        patient = load_patient(folder)
+    assert patient.slice_numbers == [1, 100_000_000_000]
+
+
+def test_written_patient_folder_follows_the_umask(tmp_path):
+    from napari_lgg_seg.io import write_patient_folder
+
+    old = os.umask(0o022)
+    try:
+        out = write_patient_folder(tmp_path, "P", np.zeros((2, 8, 8), np.uint8), images=np.full((2, 8, 8, 3), 50, np.uint8))
+    finally:
+        os.umask(old)
+    assert (Path(out).stat().st_mode & 0o777) == 0o755

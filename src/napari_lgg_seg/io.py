@@ -288,8 +288,8 @@ def _summarize_notes(notes: dict[str, list[str]]) -> list[str]:
 
 def _to_binary_mask(array: np.ndarray, file: Path) -> np.ndarray:
     arr = np.asarray(array)
-    if arr.ndim == 3 and arr.shape[-1] in (3, 4):
-        arr = arr[..., 0]
+    if arr.ndim == 3 and arr.shape[-1] in (3, 4):  # a mask drawn in colour: tumour wherever any colour is set
+        arr = arr[..., :3].max(axis=-1)
     if arr.ndim != 2:
         raise LGGFormatError(f"{file}: mask has shape {arr.shape}; expected H x W.")
     return (arr > 0).astype(np.uint8)
@@ -309,7 +309,21 @@ def read_tiff(path: str | os.PathLike) -> np.ndarray:
                     f"{path}: image of {height} x {width} pixels is too large for a slice "
                     f"(limit {MAX_SLICE_PIXELS} pixels)."
                 )
-            return page.asarray()
+            pages = len(tif.pages)
+            if pages == 1:
+                array = page.asarray()
+                if array.ndim == 3 and array.shape[0] in (3, 4) and array.shape[-1] not in (3, 4):
+                    array = np.moveaxis(array, 0, -1)  # channels stored as separate planes of one page
+                return array
+            if pages == 3:  # one page per channel (pre-contrast, FLAIR, post-contrast)
+                planes = [p.asarray() for p in tif.pages]
+                if all(pl.ndim == 2 and pl.shape == planes[0].shape for pl in planes):
+                    return np.stack(planes, axis=-1)
+            raise LGGFormatError(
+                f"{path}: the file holds {pages} pages; a slice file holds one image (or three single-channel "
+                "pages, read as pre-contrast, FLAIR, post-contrast). Save each slice as its own "
+                "<PATIENT>_<k>.tif."
+            )
     except LGGFormatError:
         raise
     except PermissionError as err:
@@ -367,10 +381,14 @@ def load_patient(path: str | os.PathLike) -> Patient:
         raise LGGFormatError(f"{path}: no files named <PATIENT>_<k>.tif.")
     patient_id = patients.pop()
     numbers = sorted(images)
-    expected = set(range(numbers[0], numbers[-1] + 1))
-    if set(numbers) != expected:
-        missing = sorted(expected - set(numbers))
-        notes.append(f"slice numbers have gaps (missing {missing[:10]}{'...' if len(missing) > 10 else ''})")
+    if numbers[-1] - numbers[0] + 1 != len(numbers):  # gaps, found in O(number of files)
+        missing: list[int] = []
+        for a, b in zip(numbers, numbers[1:]):
+            missing.extend(range(a + 1, min(b, a + 1 + 10 - len(missing))))
+            if len(missing) >= 10:
+                break
+        gap_count = numbers[-1] - numbers[0] + 1 - len(numbers)
+        notes.append(f"slice numbers have {gap_count} gaps (missing {missing[:10]}{'...' if gap_count > 10 else ''})")
     orphan_masks = sorted(set(masks) - set(images))
     if orphan_masks:
         notes.append(f"masks without images ignored for slices {orphan_masks[:10]}")
@@ -417,6 +435,12 @@ def load_patient(path: str | os.PathLike) -> Patient:
         folder=str(path),
         warnings=notes,
     )
+
+
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def sanitize_name(name: str) -> str:
@@ -610,6 +634,7 @@ def write_patient_folder(
     check_existing()
     out_root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out_root, prefix=f".{patient_id}.partial-"))
+    tmp.chmod(0o777 & ~_current_umask())  # mkdtemp makes it 0700; the patient folder follows the umask
     try:
         for i, k in enumerate(numbers):
             if not masks_only:
