@@ -532,3 +532,31 @@ def test_evaluate_never_replaces_existing_results(capsys, phantom_root, tmp_path
     code, _, err = run_cli(capsys, *args, "--overwrite")
     assert code == 0, err
     assert json.loads((out / "summary.json").read_text())["summary"]["patients"] == 1
+
+
+def test_segment_overwrite_never_replaces_the_input_whatever_else_the_folder_holds(capsys, tmp_path, phantom_patient,
+                                                                                  tiny_checkpoint):
+    """issue 12: a folder or dangling link named like another patient's slice (A_1.tif) made the guard use patient
+    'A' while the writer replaced the input patient's folder (images and truth deleted, exit 0). One rule
+    (io.folder_patient_id, from the files the reader reads) now decides the id for the guard and the writer."""
+    (phantom_patient / "A_1.tif").mkdir()
+    (phantom_patient / "A_2.tif").symlink_to(tmp_path / "nowhere.tif")
+    before = sorted(p.name for p in phantom_patient.iterdir())
+    code, _, err = run_cli(capsys, "segment", phantom_patient, "--out", phantom_patient.parent, "--overwrite",
+                           "--weights", tiny_checkpoint, "--device", "cpu")
+    assert code != 0 and "input patient folder" in err
+    assert sorted(p.name for p in phantom_patient.iterdir()) == before
+
+
+def test_segment_refuses_ids_that_output_names_cannot_keep(capsys, tmp_path, phantom_patient, tiny_checkpoint):
+    """issue 12: spaces / non-ASCII in a patient id were renamed in the outputs (masks no longer pair with their
+    images), and a 238-character id failed after inference: both are refused before any work."""
+    import tifffile
+
+    for pid in ("TCGA CS 4943", "x" * 238):
+        folder = tmp_path / pid[:40]
+        folder.mkdir()
+        tifffile.imwrite(folder / f"{pid}_1.tif", np.full((16, 16, 3), 50, np.uint8))
+        out = tmp_path / f"out_{len(pid)}"
+        code, _, err = run_cli(capsys, "segment", folder, "--out", out, "--weights", tiny_checkpoint)
+        assert code != 0 and "Nothing was written" in err and not out.exists()

@@ -102,17 +102,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _first_patient_id(folder: Path) -> str | None:
-    """The patient id of a folder's first image slice (cheap: names only)."""
-    from .io import parse_slice_name
-
-    for name in sorted(q.name for q in folder.iterdir()):
-        parsed = parse_slice_name(name)
-        if parsed is not None and not parsed.is_mask:
-            return parsed.patient
-    return None
-
-
 def _input_folders(path: Path) -> list[Path]:
     from .io import TIFF_SUFFIXES, find_patient_folders, is_patient_folder, load_patient, parse_slice_name
 
@@ -159,7 +148,15 @@ def _segmented_from(target: Path, folder: Path) -> bool:
 
 def cmd_segment(args: argparse.Namespace) -> int:
     from .inference import postprocess, predict_any_size
-    from .io import LGGFormatError, is_patient_folder, load_patient, sanitize_name, write_patient_folder
+    from .io import (
+        LGGFormatError,
+        folder_patient_id,
+        is_patient_folder,
+        load_patient,
+        output_name_problem,
+        sanitize_name,
+        write_patient_folder,
+    )
     from .metrics import dice
 
     folders = _input_folders(Path(args.input))
@@ -169,7 +166,10 @@ def cmd_segment(args: argparse.Namespace) -> int:
     targets: dict[Path, Path] = {}
     skipped: set[Path] = set()
     for folder in folders:
-        pid = _first_patient_id(folder) or folder.name
+        pid = folder_patient_id(folder) or folder.name
+        problem = output_name_problem(pid)
+        if problem:
+            raise CLIError(f"{folder}: {problem}. Nothing was written.")
         target = out / sanitize_name(pid)
         if target in targets:
             raise CLIError(f"{targets[target]} and {folder} both hold patient {pid}; segment them separately.")
@@ -237,7 +237,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
             "tool": "napari-lgg-seg segment",
         }
         target = write_patient_folder(out, pid, mask, slice_numbers=patient.slice_numbers, masks_only=True,
-                                      overwrite=args.overwrite, sidecar=sidecar)
+                                      overwrite=args.overwrite, sidecar=sidecar, source_folder=folder)
         if sys.stderr.isatty():
             sys.stderr.write("\n")
         line = (f"{pid}: {patient.num_slices} slices, {int(mask.sum())} tumour voxels in "

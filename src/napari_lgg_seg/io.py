@@ -107,6 +107,31 @@ def _tiff_files(folder: Path) -> list[Path]:
     return files
 
 
+def folder_patient_id(folder: str | os.PathLike) -> str | None:
+    """The patient id the reader gives a folder: from the image slice FILES it would read (not from folders or
+    dangling links named like slices); None when it holds none or several patients. The reader, the "never
+    replace the input" guards and the writers all use this one rule."""
+    ids = {parsed.patient for parsed in (parse_slice_name(f.name) for f in _tiff_files(Path(folder)))
+           if parsed is not None and not parsed.is_mask}
+    return ids.pop() if len(ids) == 1 else None
+
+
+MAX_NAME_BYTES = 255  # a file name on Linux / macOS file systems
+
+
+def output_name_problem(patient_id: str, max_slice: int = 10**6) -> str | None:
+    """Why outputs for ``patient_id`` could not carry the input's names (characters the writers would replace,
+    or names too long for the file system), else None; checked before any work."""
+    if sanitize_name(patient_id) != patient_id:
+        return (f"patient id {patient_id!r} holds characters (spaces, non-ASCII or separators) that output file "
+                f"names cannot keep, so masks would not pair with their images; rename the files to e.g. "
+                f"{sanitize_name(patient_id)!r}")
+    longest = max(len(f"{patient_id}_{max_slice}_mask.tif"), len(f".{patient_id}.partial-xxxxxxxx"))
+    if len(patient_id.encode()) + (longest - len(patient_id)) > MAX_NAME_BYTES:
+        return f"patient id of {len(patient_id)} characters is too long for output file names (limit {MAX_NAME_BYTES} bytes)"
+    return None
+
+
 def is_hidden_name(name: str) -> bool:
     """True for hidden or temporary names (``.x``, e.g. a killed writer's ``.P.partial-xxxx``); never patients."""
     return name.startswith(".") and name not in (".", "..")
