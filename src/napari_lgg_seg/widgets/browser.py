@@ -325,8 +325,8 @@ class PatientBrowser(QWidget):
         pid = patient_of_layer(layer)
         if (layer.metadata or {}).get("lgg_role") == ROLE_PREDICTION and pid:
             self._segmented.add(pid)
-            if hasattr(layer.events, "paint"):
-                layer.events.paint.connect(self._refresh_current_state)
+        if hasattr(layer.events, "paint"):  # any Labels: its role may be set after insertion
+            layer.events.paint.connect(self._refresh_soon)  # emitted before data_setitem writes the data
         self._refresh_current_state()
 
     def _state(self, patient_id: str) -> str:
@@ -345,6 +345,11 @@ class PatientBrowser(QWidget):
         self.states = {}
         for index in range(len(self.folders)):
             self._show_state(index)
+
+    def _refresh_soon(self, *_args) -> None:
+        from qtpy.QtCore import QTimer
+
+        QTimer.singleShot(0, self._refresh_current_state)
 
     def _refresh_current_state(self, *_args) -> None:
         if 0 <= self.current_index < len(self.folders):
