@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+
 from conftest import make_tiny_checkpoint
 
 WAIT_MS = 120_000
