@@ -163,7 +163,7 @@ def test_shortcuts_are_bound_and_listed(ready):
     viewer, browser, names = ready
     text = browser.shortcuts_label.value
     for key in ("Shift-S", "Shift-Enter", "PageDown", "PageUp", "Shift-G"):
-        assert key in text
+        assert key.replace("-", "\u2011") in text
     press(viewer, "PageDown")
     assert browser.current_patient_id == names[1]
     press(viewer, "PageUp")
@@ -174,3 +174,24 @@ def test_shortcuts_are_bound_and_listed(ready):
     assert truth.visible is not before
     press(viewer, "Shift-G")
     assert truth.visible is before
+
+
+def test_auto_segment_waits_for_the_previous_run_to_finish(ready, qtbot, tmp_path):
+    """Accept and next pressed while the Segment dock is still adding the previous result: the next patient is
+    segmented once the dock is free, not silently skipped."""
+    from qtpy.QtCore import QTimer
+
+    from napari_lgg_seg.widgets.segment import segment_dock
+
+    viewer, browser, names = ready
+    browser.export_root.value = tmp_path / "out"
+    segment_and_wait(qtbot, viewer, browser)
+    seg = segment_dock(viewer)
+    done = []
+    seg.segmentation_done.connect(lambda pid, layer, message: done.append(pid))
+    seg._adding_result = True  # the dock is busy (as right after a run, before its worker has finished)
+    QTimer.singleShot(500, lambda: setattr(seg, "_adding_result", False))
+    assert browser.accept_and_next()
+    assert browser.current_patient_id == names[1]
+    qtbot.waitUntil(lambda: done == [names[1]] and not seg.running, timeout=WAIT_MS)
+    assert f"{names[1]} tumour" in viewer.layers

@@ -77,6 +77,7 @@ class PatientBrowser(QWidget):
         top.addWidget(self.root_edit, 1)
         top.addWidget(browse)
         self.list = QListWidget()
+        self.list.setMinimumHeight(120)  # at least ~7 patients visible
         self.list.currentRowChanged.connect(self._on_row_changed)
         self.prev_button = QPushButton("◀ Previous")
         self.prev_button.clicked.connect(self.previous)
@@ -99,7 +100,8 @@ class PatientBrowser(QWidget):
         self.accept_button = PushButton(text="Accept and next", tooltip="Export this patient's tumour layer, open "
                                         "the next patient not exported (and segment it)  [Shift-Enter]")
         self.next_todo_button = PushButton(text="Next not exported")
-        self.shortcuts_label = Label(value="Keys: " + " · ".join(f"{key} {what}" for key, what, _ in SHORTCUTS))
+        self.shortcuts_label = Label(value="Keys: " + " · ".join(  # non-breaking hyphens: "Shift-Enter" stays whole
+            f"{key.replace('-', chr(0x2011))} {what}" for key, what, _ in SHORTCUTS))
         self.shortcuts_label.native.setWordWrap(True)
         buttons = Container(widgets=[self.accept_button, self.next_todo_button], layout="horizontal", labels=False)
         buttons.margins = (0, 0, 0, 0)
@@ -384,8 +386,8 @@ class PatientBrowser(QWidget):
             try:
                 target = export_patient(self.viewer, root, patient_id=pid, layer=layer)
             except FileExistsError as err:
-                return self._refuse(f"Not accepted: {err} Nothing was written; use the Export dock's 'Overwrite' "
-                                    "to replace that export, or choose another export root.")
+                return self._refuse(f"Not accepted: {err} Nothing was written (the Export dock's 'Overwrite' "
+                                    "replaces an export).")
             except (LGGFormatError, OSError, ValueError) as err:
                 return self._refuse(f"Export of {pid} failed: {err}")
             notify(f"Accepted {pid}: exported to {target}.")
@@ -393,8 +395,21 @@ class PatientBrowser(QWidget):
         if not self.next_not_exported():
             return False
         if self.auto_segment.value:
-            self.segment()
+            self._segment_when_idle(self.current_patient_id, tries=100)
         return True
+
+    def _segment_when_idle(self, patient_id: str | None, tries: int) -> None:
+        """Segment ``patient_id`` once the Segment dock has finished its previous run (checked every 0.2 s)."""
+        from qtpy.QtCore import QTimer
+
+        from .segment import segment_dock
+
+        if patient_id is None or patient_id != self.current_patient_id:
+            return
+        if segment_dock(self.viewer).running and tries > 0:
+            QTimer.singleShot(200, lambda: self._segment_when_idle(patient_id, tries - 1))
+            return
+        self.segment()
 
     def segment(self):
         """Segment the current patient with the Segment dock (opened if needed); returns the worker or None."""
@@ -402,6 +417,9 @@ class PatientBrowser(QWidget):
 
         if self.current_patient_id is None:
             self._refuse("Open a dataset root first.")
+            return None
+        if segment_dock(self.viewer).running:
+            self._refuse("The Segment dock is still busy with a run; segment again when it has finished.")
             return None
         worker = segment_current(self.viewer, self.current_patient_id)
         if worker is None:
