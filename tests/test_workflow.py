@@ -195,3 +195,17 @@ def test_auto_segment_waits_for_the_previous_run_to_finish(ready, qtbot, tmp_pat
     assert browser.current_patient_id == names[1]
     qtbot.waitUntil(lambda: done == [names[1]] and not seg.running, timeout=WAIT_MS)
     assert f"{names[1]} tumour" in viewer.layers
+
+
+def test_a_deleted_browser_leaves_no_shortcut(make_napari_viewer, qtbot, phantom_root):
+    from napari.utils.key_bindings import coerce_keybinding
+
+    from napari_lgg_seg.widgets.browser import PatientBrowser
+
+    viewer = make_napari_viewer()
+    browser = PatientBrowser(viewer, root=str(phantom_root))
+    assert coerce_keybinding("PageDown") in viewer.keymap
+    with qtbot.waitSignal(browser.destroyed):
+        browser.deleteLater()
+    assert coerce_keybinding("PageDown") not in viewer.keymap
+    press(viewer, "PageDown")  # nothing happens, nothing raises

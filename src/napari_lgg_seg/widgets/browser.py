@@ -311,11 +311,27 @@ class PatientBrowser(QWidget):
 
     def _bind_keys(self) -> None:
         """Register the dock's shortcuts on this viewer's keymap (``viewer.bind_key``)."""
+        import weakref
+
+        ref = weakref.ref(self)
         for key, _what, method in SHORTCUTS:
             def action(viewer, method=method):
-                getattr(self, method)()
+                browser = ref()
+                if browser is not None:
+                    getattr(browser, method)()
 
             self.viewer.bind_key(key, action, overwrite=True)
+        from napari.utils.key_bindings import coerce_keybinding
+
+        keymap = self.viewer.keymap
+        mine = {coerce_keybinding(key): keymap.get(coerce_keybinding(key)) for key, _what, _method in SHORTCUTS}
+
+        def unbind(*_args) -> None:  # a deleted dock leaves no shortcut behind (unless another browser rebound it)
+            for key, action in mine.items():
+                if keymap.get(key) is action:
+                    keymap.pop(key, None)
+
+        self.destroyed.connect(unbind)
 
     def _on_export_root(self, value=None) -> None:
         root = self.export_root.value
