@@ -14,6 +14,11 @@ def _recovery_dir(monkeypatch, tmp_path):
     monkeypatch.setenv("LGG_SEG_RECOVERY_DIR", str(tmp_path / "recovery"))
 
 
+@pytest.fixture(autouse=True)
+def _config_dir(monkeypatch, tmp_path):
+    monkeypatch.setenv("LGG_SEG_CONFIG_DIR", str(tmp_path / "config"))
+
+
 def patients_open(viewer) -> set:
     return {layer.metadata.get("lgg_patient_id") for layer in viewer.layers}
 
@@ -102,9 +107,11 @@ def test_unexported_corrections_ask_first(setup):
 
     browser.ask = lambda title, text: True
     assert browser.next()
-    assert layer in viewer.layers  # the corrections stay open for export
+    # the corrections are kept for export, hidden with their patient (issue 13, bug 2), and autosaved
+    assert layer not in viewer.layers and not layer.visible and browser._kept[names[0]] == [layer]
     assert f"{names[0]} FLAIR" not in viewer.layers and f"{names[0]} tumour probability" not in viewer.layers
-    assert patients_open(viewer) == {names[0], names[1]}
+    assert patients_open(viewer) == {names[1]}
+    assert browser.states[names[0]] == "corrected"
 
     mark_exported(layer)  # once exported, switching does not ask and closes it
     browser.ask = fail_ask
@@ -148,3 +155,51 @@ def test_root_without_patients(make_napari_viewer, tmp_path):
     assert browser.set_root(tmp_path) == 0
     assert "No patient folders" in browser.status_label.text()
     assert not browser.next_button.isEnabled() and not browser.prev_button.isEnabled()
+
+
+def test_switching_never_removes_a_labels_layer_in_paint_mode(setup):
+    """Issue 13, bug 1: removing the active Labels layer in paint mode and then adding layers segfaults napari."""
+    viewer, browser, names = setup
+    layer = _prediction(viewer, names[0], edited=False)
+    viewer.layers.selection.active = layer
+    layer.mode = "paint"
+    seen = []
+    viewer.layers.events.removing.connect(
+        lambda event: seen.append((viewer.layers[event.index].name, getattr(viewer.layers[event.index], "mode", None),
+                                   viewer.layers[event.index] is viewer.layers.selection.active)))
+    assert browser.next()
+    assert (layer.name, "pan_zoom", False) in seen
+    assert all(mode in (None, "pan_zoom") and not active for _, mode, active in seen)
+    assert patients_open(viewer) == {names[1]}
+
+
+def _different_sizes_root(tmp_path):
+    from napari_lgg_seg.sample import write_phantom_dataset
+
+    root = tmp_path / "sizes"
+    write_phantom_dataset(root, n_patients=1, n_slices=6, size=64, prefix="SHORT")
+    write_phantom_dataset(root, n_patients=1, n_slices=14, size=64, prefix="TALL")
+    return root
+
+
+def test_one_patient_on_screen_and_the_kept_correction_comes_back_on_top(make_napari_viewer, tmp_path):
+    """Issue 13, bug 2: the previous patient's correction is hidden with it (dims not stretched) and comes back
+    on top, selected."""
+    viewer = make_napari_viewer()
+    _, browser = viewer.window.add_plugin_dock_widget("napari-lgg-seg", "Patient browser")
+    browser.set_root(_different_sizes_root(tmp_path))
+    browser.ask = lambda title, text: True
+    short, tall = browser.current_patient_id, browser.folders[1].name
+    assert short.startswith("SHORT")
+    layer = _prediction(viewer, short, edited=True)
+    viewer.layers.selection.active = layer
+    layer.mode = "paint"
+    assert browser.next()
+    assert patients_open(viewer) == {tall}
+    assert all(la.visible is False for la in browser._kept[short])
+    assert viewer.dims.range[0].stop == 13  # the tall patient's 14 slices, not stretched by the other
+    assert browser.previous()
+    assert viewer.layers[-1] is layer and layer.visible and viewer.layers.selection.active is layer
+    assert patients_open(viewer) == {short}
+    assert viewer.dims.range[0].stop == 5  # the short patient's 6 slices
+    assert short not in browser._kept

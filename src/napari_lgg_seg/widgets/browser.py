@@ -1,10 +1,13 @@
-"""The "Patient browser" dock: step through the patients of a dataset root, one patient open at a time."""
+"""The "Patient browser" dock: step through the patients of a dataset root, one patient open at a time, and
+correct them in one sitting: each patient's state, Accept and next (export, next patient, segment), shortcuts."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+import numpy as np
+from magicgui.widgets import CheckBox, Container, FileEdit, Label, PushButton
 from qtpy.QtWidgets import (
     QApplication,
     QFileDialog,
@@ -23,13 +26,26 @@ from ._common import (
     ROLE_GROUND_TRUTH,
     ROLE_PREDICTION,
     ROLE_PROBABILITY,
+    ai_mask_of,
     has_unexported_edits,
     notify,
     patient_of_layer,
     prediction_layers,
     qt_ask,
+    safe_remove_layers,
+    status_html,
+    tumour_layer,
 )
-from ._qt import status_html
+from .workflow import EXPORTED, load_settings, patient_state, save_settings
+
+#: (key, what it does, browser method): registered on the viewer's own keymap; napari binds none of these keys.
+SHORTCUTS = (
+    ("Shift-S", "segment the patient", "segment"),
+    ("Shift-Enter", "accept and next", "accept_and_next"),
+    ("PageDown", "next patient", "next"),
+    ("PageUp", "previous patient", "previous"),
+    ("Shift-G", "show / hide ground truth", "toggle_ground_truth"),
+)
 
 
 def _is_reader_layer(layer) -> bool:
@@ -61,6 +77,7 @@ class PatientBrowser(QWidget):
         top.addWidget(self.root_edit, 1)
         top.addWidget(browse)
         self.list = QListWidget()
+        self.list.setMinimumHeight(120)  # at least ~7 patients visible
         self.list.currentRowChanged.connect(self._on_row_changed)
         self.prev_button = QPushButton("◀ Previous")
         self.prev_button.clicked.connect(self.previous)
@@ -71,11 +88,38 @@ class PatientBrowser(QWidget):
         nav.addWidget(self.next_button)
         self.status_label = QLabel()
         self.status_label.setWordWrap(True)
+        self._kept: dict[str, list] = {}  # corrections not yet exported of patients not on screen (bug 2)
+        self._segmented: set[str] = set()
+        self.states: dict[str, str] = {}
+        settings = load_settings()
+        self.export_root = FileEdit(mode="d", nullable=True, label="Export root",
+                                    value=settings.get("export_root") or None,
+                                    tooltip="Accept and next exports to EXPORT_ROOT/<PATIENT>/ (remembered)")
+        self.auto_segment = CheckBox(text="Segment the next patient automatically",
+                                     value=bool(settings.get("auto_segment", True)))
+        self.accept_button = PushButton(text="Accept and next", tooltip="Export this patient's tumour layer, open "
+                                        "the next patient not exported (and segment it)  [Shift-Enter]")
+        self.next_todo_button = PushButton(text="Next not exported")
+        self.shortcuts_label = Label(value="Keys: " + " · ".join(  # non-breaking hyphens: "Shift-Enter" stays whole
+            f"{key.replace('-', chr(0x2011))} {what}" for key, what, _ in SHORTCUTS))
+        self.shortcuts_label.native.setWordWrap(True)
+        buttons = Container(widgets=[self.accept_button, self.next_todo_button], layout="horizontal", labels=False)
+        buttons.margins = (0, 0, 0, 0)
+        self.workflow = Container(widgets=[self.export_root, self.auto_segment, buttons, self.shortcuts_label])
+        self.workflow.margins = (0, 0, 0, 0)
+        self.export_root.changed.connect(self._on_export_root)
+        self.auto_segment.changed.connect(lambda value: save_settings(auto_segment=bool(value)))
+        self.accept_button.clicked.connect(self.accept_and_next)
+        self.next_todo_button.clicked.connect(self.next_not_exported)
         layout = QVBoxLayout(self)
         layout.addLayout(top)
         layout.addLayout(nav)
         layout.addWidget(self.list, 1)
+        layout.addWidget(self.workflow.native)
         layout.addWidget(self.status_label)
+        self._bind_keys()
+        napari_viewer.layers.events.inserted.connect(self._on_layer_inserted)
+        napari_viewer.layers.events.removed.connect(self._refresh_current_state)
         self._update_nav()
         from .._viewer_hooks import install_viewer_hooks
 
@@ -107,6 +151,8 @@ class PatientBrowser(QWidget):
         self.list.clear()
         self.list.addItems([f.name for f in folders])
         self.list.blockSignals(False)
+        self._kept.clear()
+        self.refresh_states()
         self._say(f"{len(folders)} patients in {root}.")
         if load:
             self.show_patient(0)
@@ -125,6 +171,7 @@ class PatientBrowser(QWidget):
                 self.list.setCurrentRow(index)
                 self.list.blockSignals(False)
                 self._say(f"Patient {index + 1} of {len(self.folders)}: {patient_id}")
+                self._refresh_current_state()
                 break
         self._update_nav()
 
@@ -157,14 +204,15 @@ class PatientBrowser(QWidget):
         if not 0 <= index < len(self.folders):
             return False
         folder = self.folders[index]
-        previous = self.current_patient_id
+        previous, previous_index = self.current_patient_id, self.current_index
         if previous is not None:
             unsaved = [la for la in prediction_layers(self.viewer, previous) if has_unexported_edits(la)]
             if unsaved:
                 names = ", ".join(f"'{la.name}'" for la in unsaved)
                 if not self.ask("Unexported corrections",
                                 f"{names} has corrections that were not exported. Open {folder.name} anyway?\n\n"
-                                "The corrected layer stays open (and is autosaved), so you can still export it."):
+                                f"The corrected layer is kept (hidden, autosaved) and comes back when you return "
+                                f"to {previous}, so you can still export it."):
                     self._restore_row()
                     return False
         QApplication.setOverrideCursor(_wait_cursor())
@@ -178,8 +226,19 @@ class PatientBrowser(QWidget):
         finally:
             QApplication.restoreOverrideCursor()
         old_shape = self._remove_patient_layers(previous) if previous is not None else None
+        kept = self._kept.pop(patient.patient_id, [])
+        if kept:  # its kept correction comes back instead of the output folder's copy
+            extra_layers = [t for t in extra_layers if (t[1].get("metadata") or {}).get("lgg_role") != ROLE_PREDICTION]
         self._add_patient(patient, extra_layers)
+        for layer in kept:  # back on top, shown and selected (bug 2)
+            layer.visible = True
+            self.viewer.layers.append(layer)
+        if kept:
+            self.viewer.layers.selection.active = kept[-1]
         self._set_current(index, patient)
+        self._refresh_current_state()
+        if 0 <= previous_index < len(self.folders):
+            self._show_state(previous_index)
         if old_shape != patient.images.shape[:3]:
             self.viewer.reset_view()
         if patient.images.shape[0] > 1:
@@ -187,21 +246,36 @@ class PatientBrowser(QWidget):
         return True
 
     def _remove_patient_layers(self, patient_id: str):
-        """Remove the patient's reader layers and unedited results; keep corrections not yet exported."""
+        """Take the patient off screen: its reader layers and results leave the viewer (through
+        ``safe_remove_layers``: never an active Labels layer in paint mode, bug 1); corrections not yet exported
+        are kept by the browser, hidden and autosaved, and come back with the patient (bug 2)."""
+        from .. import recovery
+
         shape = None
+        doomed, kept = [], []
         for layer in list(self.viewer.layers):
             if patient_of_layer(layer) != patient_id:
                 continue
             meta = layer.metadata or {}
             role = meta.get("lgg_role")
-            if _is_reader_layer(layer):
-                if meta.get("lgg_channel"):
-                    shape = tuple(layer.data.shape[:3])
-                self.viewer.layers.remove(layer)
-            elif role == ROLE_PROBABILITY:
-                self.viewer.layers.remove(layer)
-            elif role == ROLE_PREDICTION and not has_unexported_edits(layer):
-                self.viewer.layers.remove(layer)
+            if meta.get("lgg_channel") and shape is None:
+                shape = tuple(layer.data.shape[:3])
+            if _is_reader_layer(layer) or role == ROLE_PROBABILITY:
+                doomed.append(layer)
+            elif role == ROLE_PREDICTION:
+                doomed.append(layer)
+                if has_unexported_edits(layer):
+                    kept.append(layer)
+        for layer in kept:
+            layer.visible = False
+            try:
+                recovery.save_recovery(patient_id, np.asarray(layer.data), ai_mask=ai_mask_of(layer),
+                                       info={"layer": layer.name})
+            except OSError as err:
+                notify(f"Could not autosave {layer.name}: {err}", "warning")
+        if kept:
+            self._kept[patient_id] = kept
+        safe_remove_layers(self.viewer, doomed)
         return shape
 
     def _add_patient(self, patient: Patient, extra_layers: list[tuple] = ()) -> None:
@@ -231,6 +305,154 @@ class PatientBrowser(QWidget):
     def _update_nav(self) -> None:
         self.prev_button.setEnabled(self.current_index > 0)
         self.next_button.setEnabled(0 <= self.current_index + 1 < len(self.folders))
+        self.next_todo_button.enabled = bool(self.folders)
+
+    # ------------------------------------------------------------------------------- workflow
+
+    def _bind_keys(self) -> None:
+        """Register the dock's shortcuts on this viewer's keymap (``viewer.bind_key``)."""
+        import weakref
+
+        ref = weakref.ref(self)
+        for key, _what, method in SHORTCUTS:
+            def action(viewer, method=method):
+                browser = ref()
+                if browser is not None:
+                    getattr(browser, method)()
+
+            self.viewer.bind_key(key, action, overwrite=True)
+        from napari.utils.key_bindings import coerce_keybinding
+
+        keymap = self.viewer.keymap
+        mine = {coerce_keybinding(key): keymap.get(coerce_keybinding(key)) for key, _what, _method in SHORTCUTS}
+
+        def unbind(*_args) -> None:  # a deleted dock leaves no shortcut behind (unless another browser rebound it)
+            for key, action in mine.items():
+                if keymap.get(key) is action:
+                    keymap.pop(key, None)
+
+        self.destroyed.connect(unbind)
+
+    def _on_export_root(self, value=None) -> None:
+        root = self.export_root.value
+        save_settings(export_root=os.fspath(root) if root else "")
+        self.refresh_states()
+
+    def _on_layer_inserted(self, event) -> None:
+        layer = event.value
+        pid = patient_of_layer(layer)
+        if (layer.metadata or {}).get("lgg_role") == ROLE_PREDICTION and pid:
+            self._segmented.add(pid)
+        if hasattr(layer.events, "paint"):  # any Labels: its role may be set after insertion
+            layer.events.paint.connect(self._refresh_soon)  # emitted before data_setitem writes the data
+        self._refresh_current_state()
+
+    def _state(self, patient_id: str) -> str:
+        return patient_state(self.viewer, patient_id, self.export_root.value, self._kept.get(patient_id, ()),
+                             self._segmented)
+
+    def _show_state(self, index: int) -> None:
+        name = self.folders[index].name
+        self.states[name] = state = self._state(name)
+        item = self.list.item(index)
+        if item is not None:
+            item.setText(f"{name}  ·  {state}")
+
+    def refresh_states(self) -> None:
+        """Show every patient's state in the list (exported: read from the export root)."""
+        self.states = {}
+        for index in range(len(self.folders)):
+            self._show_state(index)
+
+    def _refresh_soon(self, *_args) -> None:
+        from qtpy.QtCore import QTimer
+
+        QTimer.singleShot(0, self._refresh_current_state)
+
+    def _refresh_current_state(self, *_args) -> None:
+        if 0 <= self.current_index < len(self.folders):
+            self._show_state(self.current_index)
+
+    def next_not_exported(self) -> bool:
+        """Open the next patient (after the current one, wrapping around) not exported yet."""
+        n = len(self.folders)
+        for step in range(1, n + 1):
+            index = (self.current_index + step) % n
+            if index != self.current_index and self._state(self.folders[index].name) != EXPORTED:
+                return self.show_patient(index)
+        self._say(f"All {n} patients are exported to {self.export_root.value}." if n else "Open a dataset root.")
+        return False
+
+    def accept_and_next(self) -> bool:
+        """Export the current patient's tumour layer to the export root, open the next patient not exported and
+        (when ticked) segment it. Refuses, saying why, without a patient, tumour layer or export root."""
+        from .export import export_patient
+
+        pid = self.current_patient_id
+        root = self.export_root.value
+        layer = tumour_layer(self.viewer, pid)
+        if pid is None:
+            return self._refuse("Open a dataset root first.")
+        if root is None or not os.fspath(root):
+            return self._refuse("Choose an export root first (the folder the accepted patients are written to).")
+        if layer is None:
+            return self._refuse(f"{pid} has no tumour layer to accept: segment it first (Shift-S).")
+        already = (layer.metadata or {}).get("lgg_exported_digest") and not has_unexported_edits(layer)
+        if not already:
+            try:
+                target = export_patient(self.viewer, root, patient_id=pid, layer=layer)
+            except FileExistsError as err:
+                return self._refuse(f"Not accepted: {err} Nothing was written (the Export dock's 'Overwrite' "
+                                    "replaces an export).")
+            except (LGGFormatError, OSError, ValueError) as err:
+                return self._refuse(f"Export of {pid} failed: {err}")
+            notify(f"Accepted {pid}: exported to {target}.")
+        self._refresh_current_state()
+        if not self.next_not_exported():
+            return False
+        if self.auto_segment.value:
+            self._segment_when_idle(self.current_patient_id, tries=100)
+        return True
+
+    def _segment_when_idle(self, patient_id: str | None, tries: int) -> None:
+        """Segment ``patient_id`` once the Segment dock has finished its previous run (checked every 0.2 s)."""
+        from qtpy.QtCore import QTimer
+
+        from .segment import segment_dock
+
+        if patient_id is None or patient_id != self.current_patient_id:
+            return
+        if segment_dock(self.viewer).running and tries > 0:
+            QTimer.singleShot(200, lambda: self._segment_when_idle(patient_id, tries - 1))
+            return
+        self.segment()
+
+    def segment(self):
+        """Segment the current patient with the Segment dock (opened if needed); returns the worker or None."""
+        from .segment import segment_current, segment_dock
+
+        if self.current_patient_id is None:
+            self._refuse("Open a dataset root first.")
+            return None
+        if segment_dock(self.viewer).running:
+            self._refuse("The Segment dock is still busy with a run; segment again when it has finished.")
+            return None
+        worker = segment_current(self.viewer, self.current_patient_id)
+        if worker is None:
+            self._say(f"Not segmented: {segment_dock(self.viewer).status_label.value}", error=True)
+        return worker
+
+    def toggle_ground_truth(self) -> None:
+        """Show or hide the current patient's ground truth."""
+        for layer in self.viewer.layers:
+            meta = layer.metadata or {}
+            if meta.get("lgg_role") == ROLE_GROUND_TRUTH and patient_of_layer(layer) == self.current_patient_id:
+                layer.visible = not layer.visible
+
+    def _refuse(self, text: str) -> bool:
+        self._say(text, error=True)
+        notify(text, "warning")
+        return False
 
     def _say(self, text: str, error: bool = False) -> None:
         self.status_label.setText(status_html(text, error))

@@ -1,0 +1,211 @@
+"""The correction workflow of the Patient browser (issue 13): Accept and next, patient states, shortcuts; through
+the manifest, on phantom datasets with a tiny random-weight model."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import make_tiny_checkpoint
+
+WAIT_MS = 120_000
+
+
+@pytest.fixture(autouse=True)
+def _isolated(monkeypatch, tmp_path):
+    """Settings and recovery files in temporary folders; no shipped default model."""
+    import napari_lgg_seg.model as model_mod
+
+    monkeypatch.setenv("LGG_SEG_CONFIG_DIR", str(tmp_path / "config"))
+    monkeypatch.setenv("LGG_SEG_RECOVERY_DIR", str(tmp_path / "recovery"))
+    monkeypatch.setattr(model_mod, "default_model_path", lambda: None)
+
+
+def never_ask(title, text):
+    raise AssertionError(f"unexpected question: {title}: {text}")
+
+
+def open_browser(viewer, root):
+    _, browser = viewer.window.add_plugin_dock_widget("napari-lgg-seg", "Patient browser")
+    browser.ask = never_ask
+    if root is not None:
+        browser.set_root(root)
+    return browser
+
+
+def press(viewer, key: str) -> None:
+    """Press ``key`` on the canvas, as a user would (napari routes it through its keymaps)."""
+    from qtpy.QtCore import Qt
+    from qtpy.QtTest import QTest
+
+    keys = {"Shift-Enter": (Qt.Key.Key_Return, Qt.KeyboardModifier.ShiftModifier),
+            "PageDown": (Qt.Key.Key_PageDown, Qt.KeyboardModifier.NoModifier),
+            "PageUp": (Qt.Key.Key_PageUp, Qt.KeyboardModifier.NoModifier),
+            "Shift-G": (Qt.Key.Key_G, Qt.KeyboardModifier.ShiftModifier),
+            "Shift-S": (Qt.Key.Key_S, Qt.KeyboardModifier.ShiftModifier)}
+    canvas = viewer.window._qt_viewer.canvas.native
+    canvas.setFocus()
+    QTest.keyClick(canvas, *keys[key])
+
+
+def segment_and_wait(qtbot, viewer, browser, key: bool = False):
+    from napari_lgg_seg.widgets.segment import segment_dock
+
+    seg = segment_dock(viewer)
+    seg.ask = never_ask
+    done = []
+    seg.segmentation_done.connect(lambda pid, layer, message: done.append((pid, layer)))
+    if key:
+        press(viewer, "Shift-S")
+    else:
+        assert browser.segment() is not None, seg.status_label.value
+    qtbot.waitUntil(lambda: bool(done) and not seg.running, timeout=WAIT_MS)
+    return done[-1]
+
+
+@pytest.fixture
+def ready(make_napari_viewer, qtbot, phantom_root, tmp_path):
+    """A viewer with the browser on the phantom root and the Segment dock on a tiny model."""
+    from napari_lgg_seg.widgets.segment import segment_dock
+
+    viewer = make_napari_viewer()
+    browser = open_browser(viewer, phantom_root)
+    assert segment_dock(viewer).add_checkpoint(make_tiny_checkpoint(tmp_path / "tiny.pt"))
+    names = [f.name for f in browser.folders]
+    return viewer, browser, names
+
+
+def test_accept_and_next_exports_moves_on_and_segments(ready, qtbot, tmp_path):
+    from napari_lgg_seg.io import load_patient
+    from napari_lgg_seg.widgets.segment import segment_dock
+
+    viewer, browser, names = ready
+    out = tmp_path / "accepted"
+    browser.export_root.value = out
+    assert browser.states == dict.fromkeys(names, "not started")
+    pid, layer = segment_and_wait(qtbot, viewer, browser, key=True)  # Shift-S
+    assert pid == names[0], (type(pid), pid)
+    assert layer.name == f"{names[0]} tumour"
+    layer = viewer.layers[layer.name]
+    assert browser.states[names[0]] == "segmented"
+    layer.data_setitem((np.array([2]), np.array([10]), np.array([10])), 1 - int(layer.data[2, 10, 10]))
+    qtbot.waitUntil(lambda: browser.states[names[0]] == "corrected")
+    painted = np.asarray(layer.data).copy()
+
+    seg = segment_dock(viewer)
+    done = []
+    seg.segmentation_done.connect(lambda pid, layer, message: done.append(pid))
+    press(viewer, "Shift-Enter")  # accept and next
+    saved = load_patient(out / names[0])
+    np.testing.assert_array_equal(saved.masks > 0, painted > 0)
+    assert browser.current_patient_id == names[1] and browser.list.currentRow() == 1
+    assert browser.states[names[0]] == "exported"
+    qtbot.waitUntil(lambda: done == [names[1]] and not seg.running, timeout=WAIT_MS)  # segmented automatically
+    assert f"{names[1]} tumour" in viewer.layers and browser.states[names[1]] == "segmented"
+    assert {la.metadata.get("lgg_patient_id") for la in viewer.layers} == {names[1]}
+
+    browser.auto_segment.value = False
+    browser.accept_button.native.click()  # the button: exports names[1], opens names[2], does not segment
+    assert (out / names[1]).is_dir() and browser.current_patient_id == names[2]
+    assert not seg.running and f"{names[2]} tumour" not in viewer.layers
+    assert [browser.states[n] for n in names] == ["exported", "exported", "not started"]
+
+
+def test_accept_and_next_refuses_clearly(ready, qtbot, tmp_path):
+    viewer, browser, names = ready
+    assert browser.export_root.value is None
+    assert not browser.accept_and_next()  # no tumour layer, no export root
+    assert "export root" in browser.status_label.text() and browser.current_patient_id == names[0]
+    browser.export_root.value = tmp_path / "out"
+    assert not browser.accept_and_next()
+    assert f"{names[0]} has no tumour layer" in browser.status_label.text()
+    assert browser.current_patient_id == names[0] and not (tmp_path / "out").exists()
+    assert f"{names[0]} ground truth" in viewer.layers  # never exported as a correction
+
+    segment_and_wait(qtbot, viewer, browser)
+    (tmp_path / "out" / names[0]).mkdir(parents=True)  # an earlier export of the same patient
+    (tmp_path / "out" / names[0] / f"{names[0]}_1_mask.tif").write_bytes(b"mine")
+    assert not browser.accept_and_next()
+    assert "Nothing was written" in browser.status_label.text() and browser.current_patient_id == names[0]
+    assert (tmp_path / "out" / names[0] / f"{names[0]}_1_mask.tif").read_bytes() == b"mine"
+
+
+def test_export_root_and_states_survive_a_restart(make_napari_viewer, qtbot, phantom_root, tmp_path):
+    from napari_lgg_seg.io import load_patient, write_patient_folder
+
+    names = sorted(p.name for p in phantom_root.iterdir())
+    out = tmp_path / "accepted"
+    patient = load_patient(phantom_root / names[0])
+    write_patient_folder(out, names[0], patient.masks, images=patient.images)  # accepted in an earlier session
+
+    viewer = make_napari_viewer()
+    browser = open_browser(viewer, phantom_root)
+    browser.export_root.value = out
+    assert json.loads((tmp_path / "config" / "settings.json").read_text())["export_root"] == str(out)
+    assert browser.states[names[0]] == "exported" and browser.states[names[1]] == "not started"
+    assert "exported" in browser.list.item(0).text()
+    viewer.close()
+
+    viewer2 = make_napari_viewer()  # a new session remembers the export root and what was exported
+    browser2 = open_browser(viewer2, phantom_root)
+    assert browser2.export_root.value == out
+    assert browser2.states[names[0]] == "exported"
+    browser2.next_todo_button.native.click()
+    assert browser2.current_patient_id == names[1]
+    write_patient_folder(out, names[1], patient.masks, images=patient.images)
+    browser2.refresh_states()
+    assert browser2.next_not_exported() and browser2.current_patient_id == names[2]  # skips both exported
+
+
+def test_shortcuts_are_bound_and_listed(ready):
+    viewer, browser, names = ready
+    text = browser.shortcuts_label.value
+    for key in ("Shift-S", "Shift-Enter", "PageDown", "PageUp", "Shift-G"):
+        assert key.replace("-", "\u2011") in text
+    press(viewer, "PageDown")
+    assert browser.current_patient_id == names[1]
+    press(viewer, "PageUp")
+    assert browser.current_patient_id == names[0]
+    truth = viewer.layers[f"{names[0]} ground truth"]
+    before = truth.visible
+    press(viewer, "Shift-G")
+    assert truth.visible is not before
+    press(viewer, "Shift-G")
+    assert truth.visible is before
+
+
+def test_auto_segment_waits_for_the_previous_run_to_finish(ready, qtbot, tmp_path):
+    """Accept and next pressed while the Segment dock is still adding the previous result: the next patient is
+    segmented once the dock is free, not silently skipped."""
+    from qtpy.QtCore import QTimer
+
+    from napari_lgg_seg.widgets.segment import segment_dock
+
+    viewer, browser, names = ready
+    browser.export_root.value = tmp_path / "out"
+    segment_and_wait(qtbot, viewer, browser)
+    seg = segment_dock(viewer)
+    done = []
+    seg.segmentation_done.connect(lambda pid, layer, message: done.append(pid))
+    seg._adding_result = True  # the dock is busy (as right after a run, before its worker has finished)
+    QTimer.singleShot(500, lambda: setattr(seg, "_adding_result", False))
+    assert browser.accept_and_next()
+    assert browser.current_patient_id == names[1]
+    qtbot.waitUntil(lambda: done == [names[1]] and not seg.running, timeout=WAIT_MS)
+    assert f"{names[1]} tumour" in viewer.layers
+
+
+def test_a_deleted_browser_leaves_no_shortcut(make_napari_viewer, qtbot, phantom_root):
+    from napari.utils.key_bindings import coerce_keybinding
+
+    from napari_lgg_seg.widgets.browser import PatientBrowser
+
+    viewer = make_napari_viewer()
+    browser = PatientBrowser(viewer, root=str(phantom_root))
+    assert coerce_keybinding("PageDown") in viewer.keymap
+    with qtbot.waitSignal(browser.destroyed):
+        browser.deleteLater()
+    assert coerce_keybinding("PageDown") not in viewer.keymap
+    press(viewer, "PageDown")  # nothing happens, nothing raises
