@@ -83,6 +83,7 @@ def test_start_stop_resume(widget, qtbot, phantom_root, start_checkpoint, tmp_pa
     epochs_done = read_checkpoint(out / "last.pt")["train_state"]["epoch"]
     assert 1 <= epochs_done < 40
     assert "Stopped" in w.status_label.text()
+    assert w.progress.value() < w.progress.minimum()  # emptied, not left at the stopped step (bug 6)
     # the best model is offered to the Segment dock
     assert any(path == str((out / "best.pt").resolve()) for _, path in registered_models())
     assert w.resume_button.isEnabled() and w.start_button.isEnabled()
@@ -93,6 +94,7 @@ def test_start_stop_resume(widget, qtbot, phantom_root, start_checkpoint, tmp_pa
     assert worker is not None, w.status_label.text()
     qtbot.waitUntil(lambda: not w.running, timeout=WAIT_MS)
     assert w.last_report["kind"] == "done" and not w.last_report["stopped"]
+    assert w.progress.value() == w.progress.maximum()
     state = read_checkpoint(out / "last.pt")["train_state"]
     assert state["epoch"] == epochs_done + 1
     assert [h["epoch"] for h in w.history] == list(range(1, epochs_done + 2))  # old epochs from metrics.csv
@@ -170,3 +172,41 @@ def test_current_model_of_the_segment_dock_is_offered(widget, start_checkpoint):
     assert widget.lr_spin.value() == pytest.approx(1e-3)
     config = widget.make_config()
     assert (config.image_size, config.crop_size, config.tumour_fraction) == (256, 128, 0.5)
+
+
+def test_fine_tuning_the_default_model_starts_at_the_tooltips_lr(make_napari_viewer, monkeypatch, start_checkpoint):
+    """Issue 13 bug 6: the dock opened with "Default model" selected fine-tunes at 1e-4, as its tooltip says."""
+    import napari_lgg_seg.model as model_mod
+    from napari_lgg_seg.widgets.train import TrainWidget
+
+    monkeypatch.setattr(model_mod, "default_model_path", lambda: start_checkpoint)
+    w = TrainWidget(make_napari_viewer())
+    assert w.start_weights() == str(start_checkpoint)
+    assert "1e-4" in w.lr_spin.toolTip() and w.lr_spin.value() == pytest.approx(1e-4)
+    w.set_start("scratch")
+    assert w.lr_spin.value() == pytest.approx(1e-3)
+
+
+def test_one_epoch_plot_has_no_colliding_labels():
+    """Issue 13 bug 6: after one epoch the dock's curves had overlapping x tick labels (0.96 0.98 1.00 ...)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from napari_lgg_seg.plots import draw_curves
+    from napari_lgg_seg.widgets.train import PLOT_HEIGHT
+
+    history = [dict(epoch=1, train_loss=0.61234, val_loss=0.5812, val_slice_dice=0.41, val_slice_iou=0.3,
+                    val_patient_dice_mean=0.38)]
+    fig = Figure(figsize=(3.6, PLOT_HEIGHT / 100), dpi=100, layout="tight")
+    canvas = FigureCanvasAgg(fig)
+    axes = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    draw_curves(history, *axes, fontsize=7)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    for ax in axes:
+        boxes = [t.get_window_extent(renderer) for t in ax.get_xticklabels() if t.get_text()]
+        assert all(t.get_text().lstrip("−-").isdigit() for t in ax.get_xticklabels() if t.get_text())
+        for a, b in zip(boxes, boxes[1:]):
+            assert a.x1 < b.x0, "x tick labels overlap"
+        legend = ax.get_legend().get_window_extent(renderer)
+        assert not legend.overlaps(ax.yaxis.label.get_window_extent(renderer))

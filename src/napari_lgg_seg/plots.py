@@ -31,12 +31,17 @@ def draw_curves(history: list[dict], loss_ax=None, metric_ax=None, fontsize: flo
         if ax is None:
             continue
         ax.set_ylabel(ylabel, fontsize=fontsize)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=5))
+        ax.yaxis.set_major_locator(MaxNLocator(nbins=5))
+        known = [e for e in epochs if isinstance(e, (int, float))]
+        if known and max(known) - min(known) < 2:  # one or two epochs: whole-epoch ticks, not 0.96 0.98 1.00 ...
+            ax.set_xlim(min(known) - 1, max(known) + 1)
         ax.set_xlabel("epoch", fontsize=fontsize)
         if fontsize:
             ax.tick_params(labelsize=fontsize)
         if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=fontsize)
+            small = fontsize - 1 if fontsize else None  # the dock's narrow panels: a legend that leaves room
+            ax.legend(fontsize=small, handlelength=1.0, borderpad=0.2, labelspacing=0.2, framealpha=0.6)
     if metric_ax is not None:
         metric_ax.set_ylim(0, 1)
 

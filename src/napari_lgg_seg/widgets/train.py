@@ -125,6 +125,8 @@ class TrainWidget(QWidget):
         self._auto_output = True
         self._build()
         self._refresh_start()
+        kind, _ = self.start_combo.currentData() or (SCRATCH, None)
+        self.lr_spin.setValue(1e-3 if kind == SCRATCH else 1e-4)  # issue 13 bug 6: the default model fine-tunes
         self._refresh_devices(probe=False)  # accelerators are looked up when the list is opened
         self.set_output_folder(default_output_folder(), auto=True)
         self.destroyed.connect(self._stop.set)  # a closed dock ends its run within one batch
@@ -612,8 +614,14 @@ class TrainWidget(QWidget):
         self._set_progress_done()
 
     def _set_progress_done(self) -> None:
+        """A finished run fills the bar; a stopped or failed one empties it (never left at 66 %)."""
         if self.progress.maximum() == 0:
             self.progress.setRange(0, 1)
+        report = self.last_report or {}
+        if report.get("kind") == "done" and not report.get("stopped"):
+            self.progress.setValue(self.progress.maximum())
+        else:
+            self.progress.reset()
 
     def _on_error(self, err) -> None:
         self._set_progress_done()
