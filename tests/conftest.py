@@ -47,6 +47,20 @@ def tiny_checkpoint(tmp_path) -> Path:
     return make_tiny_checkpoint(tmp_path / "tiny.pt")
 
 
+@pytest.fixture
+def quiet_settings():
+    """napari settings not written to the user's settings file (the reader records its preferences there)."""
+    from napari.settings import get_settings
+
+    settings = get_settings()
+    saving = settings._save_on_change
+    settings._save_on_change = False
+    before = dict(settings.plugins.extension2reader)
+    yield settings
+    settings.plugins.extension2reader = before
+    settings._save_on_change = saving
+
+
 @pytest.fixture(autouse=True)
 def _isolated_recovery_dir(tmp_path, monkeypatch):
     """Keep autosaved corrections of every test out of the user's real cache folder."""

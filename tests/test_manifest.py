@@ -76,20 +76,6 @@ def test_sample_then_segment_dock_through_the_manifest(make_napari_viewer, qtbot
     assert labels.contour == 0 and truth.contour == 2  # a filled result over an outlined truth
 
 
-@pytest.fixture
-def quiet_settings():
-    """napari settings not written to the user's settings file (the reader records its preferences there)."""
-    from napari.settings import get_settings
-
-    settings = get_settings()
-    saving = settings._save_on_change
-    settings._save_on_change = False
-    before = dict(settings.plugins.extension2reader)
-    yield settings
-    settings.plugins.extension2reader = before
-    settings._save_on_change = saving
-
-
 def test_reader_claims_only_lgg_slices_and_folders():
     from napari.plugins import _initialize_plugins, _npe2
 

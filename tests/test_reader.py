@@ -26,20 +26,6 @@ def by_name(layers):
     return {kwargs["name"]: (data, kwargs, kind) for data, kwargs, kind in layers}
 
 
-@pytest.fixture
-def quiet_settings():
-    """napari settings that are not written to the user's settings file (reader preferences are set here)."""
-    from napari.settings import get_settings
-
-    settings = get_settings()
-    saving = settings._save_on_change
-    settings._save_on_change = False
-    before = dict(settings.plugins.extension2reader)
-    yield settings
-    settings.plugins.extension2reader = before
-    settings._save_on_change = saving
-
-
 def test_slices_are_in_numeric_order(phantom_patient):
     pid = phantom_patient.name
     layers = by_name(read(phantom_patient))
