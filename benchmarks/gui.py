@@ -224,11 +224,11 @@ def main(argv: list[str] | None = None) -> dict:
         pid = seg.current_patient().patient_id
         for i in range(args.segment_runs):
             phases.append(measure(f"segment #{i + 1} (worker + result layers)", heartbeat,
-                                  seg.segment_button.click, until=lambda: not seg.running,
+                                  seg.segment_button.native.click, until=lambda: not seg.running,
                                   timeout_s=args.timeout, settle_s=0.5))
-            phases[-1]["status"] = seg.status_label.text()
+            phases[-1]["status"] = seg.status_label.value
         if not any(layer.name == f"{pid} tumour" for layer in viewer.layers):
-            phases[-1]["note"] += f" no '{pid} tumour' layer: {seg.status_label.text()}"
+            phases[-1]["note"] += f" no '{pid} tumour' layer: {seg.status_label.value}"
 
         if not args.no_train:
             phases.append(train_phase(args, viewer, heartbeat, tmp, checkpoint))
