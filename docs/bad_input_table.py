@@ -407,8 +407,44 @@ def symlink_loop_root(ctx: Context) -> Row:
                problem or changed)
 
 
+def _id_patient(pid: str) -> Callable[[Path], Path]:
+    def build(base: Path) -> Path:
+        import tifffile
+
+        folder = base / pid[:40]
+        folder.mkdir()
+        tifffile.imwrite(folder / f"{pid}_1.tif", np.full((16, 16, 3), 50, np.uint8))
+        return folder
+    return build
+
+
+def _cli_overwrite_onto_input(ctx: Context) -> Row:
+    """segment --out PARENT --overwrite on a patient folder holding a folder / dangling link named like another
+    patient's slice: the guard and the writer must agree on the patient id (io.folder_patient_id)."""
+    import tifffile
+
+    parent = ctx.folder("cli_onto_input")
+    folder = parent / PID
+    folder.mkdir()
+    for k in (1, 2):
+        tifffile.imwrite(folder / f"{PID}_{k}.tif", np.full((16, 16, 3), 50, np.uint8))
+    (folder / "A_1.tif").mkdir()
+    (folder / "A_2.tif").symlink_to(parent / "nowhere.tif")
+    before = snapshot(folder)
+    code, stdout, stderr = segment(ctx, folder, parent, "--overwrite")
+    seen, problem = cli_seen(ctx, code, stdout, stderr)
+    safe, changed = unchanged(before, folder, "input")
+    return Row("segment --out PARENT --overwrite, the patient folder also holding a folder and a dangling link named "
+               "like another patient's slice (A_1.tif)", "CLI segment", seen, safe, problem or changed)
+
+
 def cli_cases(ctx: Context) -> list[Row]:
     rows = [
+        cli_error_case(ctx, "patient id with spaces ('TCGA CS 4943': outputs could not keep the name)",
+                       _id_patient("TCGA CS 4943"), "cli_spaces"),
+        cli_error_case(ctx, "patient id of 238 characters (too long for output file names)", _id_patient("x" * 238),
+                       "cli_long"),
+        _cli_overwrite_onto_input(ctx),
         cli_error_case(ctx, "empty folder", _empty_patient, "cli_empty"),
         cli_error_case(ctx, "random bytes named .tif (single patient)", _random_patient, "cli_random"),
         _cli_partial_root(ctx),
