@@ -42,7 +42,7 @@ from _common import (
 )
 from napari_lgg_seg import inference, training
 from napari_lgg_seg.config import TrainConfig
-from napari_lgg_seg.data import SliceStore
+from napari_lgg_seg.data import SliceStore, resize_pair
 from napari_lgg_seg.losses import make_loss
 from napari_lgg_seg.model import ModelConfig, UNet
 from napari_lgg_seg.transforms import augment_batch, normalize, volume_channel_stats
@@ -214,9 +214,8 @@ def main(argv: list[str] | None = None) -> dict:
         model = UNet(ModelConfig(features=tuple(recipe.model_features), bottleneck=recipe.model_bottleneck,
                                  norm=recipe.model_norm))
         side = recipe.image_size
-        small = SliceStore(store.patient_ids, inference.resize_images(store.images, (side, side)),
-                           (inference.resize_probabilities(torch.from_numpy(store.masks).float(), (side, side))
-                            >= 0.5).to(torch.uint8).numpy(), store.stats, store.patient_of_slice, store.offsets)
+        small = SliceStore(store.patient_ids, *resize_pair(store.images, store.masks, side), store.stats,
+                           store.patient_of_slice, store.offsets)
         for precision in (recipe.precision, "fp32"):
             cl = training.training_memory_format(device, precision) == torch.channels_last
             variants.append(Variant(f"{recipe.name}_{precision}", model, device, channels_last=cl, precision=precision,

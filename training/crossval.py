@@ -175,7 +175,7 @@ def table(args: argparse.Namespace) -> int:
 def pack(args: argparse.Namespace) -> int:
     import tifffile
 
-    from napari_lgg_seg.data import _resize_pair, load_patient_cached
+    from napari_lgg_seg.data import load_patient_cached, resize_pair
 
     split_config = TrainConfig.from_file(args.split_config)
     folders = index_patients(args.data)
@@ -184,7 +184,7 @@ def pack(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     for pid in pool:
         patient = load_patient_cached(folders[pid])
-        images, masks = _resize_pair(patient.images, patient.masks, args.size)
+        images, masks = resize_pair(patient.images, patient.masks, args.size)
         (out / pid).mkdir(exist_ok=True)
         for k, image, mask in zip(patient.slice_numbers, images, masks):
             tifffile.imwrite(out / pid / f"{pid}_{k}.tif", image, compression="zlib", predictor=True)

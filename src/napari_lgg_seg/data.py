@@ -143,7 +143,7 @@ class SliceStore:
                 raise LGGFormatError(f"{folders[pid]}: no mask files; training needs <PATIENT>_<k>_mask.tif.")
             imgs, msk = patient.images, patient.masks
             if image_size and imgs.shape[1:3] != (image_size, image_size):
-                imgs, msk = _resize_pair(imgs, msk, image_size)
+                imgs, msk = resize_pair(imgs, msk, image_size)
             images.append(imgs)
             masks.append(msk)
             stats.append(np.repeat(volume_channel_stats(imgs)[None], len(imgs), axis=0))
@@ -154,7 +154,7 @@ class SliceStore:
                    np.concatenate(owner), offsets)
 
 
-def _resize_pair(images: np.ndarray, masks: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+def resize_pair(images: np.ndarray, masks: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
     """Images and masks at ``size`` x ``size``: the images the way inference resizes them
     (``inference.resize_images``), the masks by area averaging then a 0.5 threshold."""
     import torch
