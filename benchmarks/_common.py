@@ -190,6 +190,9 @@ def cpu_flags() -> set[str]:
     return set()
 
 
+ISA_CAP_VARIABLES = ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS")
+
+
 def machine_facts() -> dict:
     """CPU, cores, torch threads, bf16 support, allocator (as the performance issue asks)."""
     import torch
@@ -213,6 +216,8 @@ def machine_facts() -> dict:
         "simd_flags": simd,
         "cpu_has_fast_bf16": bool(cpu_has_fast_bf16()),
         "tcmalloc_preloaded": "tcmalloc" in preload,
+        # ISA caps that make this CPU run an older one's code paths (e.g. AVX2-only): say so next to every figure
+        "isa_caps": {k: os.environ[k] for k in ISA_CAP_VARIABLES if os.environ.get(k)},
         "ld_preload": preload,
         "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
@@ -225,6 +230,9 @@ def print_machine_facts(facts: dict) -> None:
           f"SIMD: {', '.join(facts['simd_flags']) or 'unknown'})")
     print(f"  torch:               {facts['torch']}, {facts['torch_threads']} intra-op threads")
     print(f"  cpu_has_fast_bf16(): {facts['cpu_has_fast_bf16']}")
+    if facts.get("isa_caps"):
+        caps = " ".join(f"{k}={v}" for k, v in facts["isa_caps"].items())
+        print(f"  ISA capped:          {caps} (this CPU runs the capped ISA's code paths)")
     alloc = "tcmalloc (LD_PRELOAD)" if facts["tcmalloc_preloaded"] else "glibc malloc (tcmalloc NOT preloaded)"
     print(f"  allocator:           {alloc}")
     if facts["load_average_1min"] is not None:

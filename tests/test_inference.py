@@ -276,6 +276,23 @@ def test_cpu_has_fast_bf16_honours_environment(monkeypatch, value, expected):
         cpu_has_fast_bf16.cache_clear()
 
 
+@pytest.mark.parametrize(("isa", "expected_if_flags_say_yes"), [("AVX2", False), ("avx512_core", False),
+                                                               ("AVX512_CORE_BF16", True), ("ALL", True)])
+def test_cpu_has_fast_bf16_honours_a_onednn_isa_cap(monkeypatch, isa, expected_if_flags_say_yes):
+    monkeypatch.delenv("LGG_SEG_CPU_BF16", raising=False)
+    cpu_has_fast_bf16.cache_clear()
+    try:
+        from_flags = cpu_has_fast_bf16()
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", isa)
+        cpu_has_fast_bf16.cache_clear()
+        assert cpu_has_fast_bf16() is (from_flags and expected_if_flags_say_yes)
+        if not expected_if_flags_say_yes:  # a cap below bf16 says no whatever the flags say
+            assert cpu_has_fast_bf16() is False
+    finally:
+        monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+        cpu_has_fast_bf16.cache_clear()
+
+
 def test_autocast_context_choices(monkeypatch):
     cpu = torch.device("cpu")
     assert isinstance(autocast_context(cpu, "fp32"), contextlib.nullcontext)

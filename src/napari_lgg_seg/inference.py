@@ -44,15 +44,25 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
+# oneDNN ISA names (ONEDNN_MAX_CPU_ISA) at or above native bf16 matmul; "ALL"/"DEFAULT" cap nothing
+ONEDNN_BF16_ISAS = frozenset({"AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX10_1_512", "AVX512_CORE_AMX",
+                              "AVX512_CORE_AMX_FP16", "AVX10_1_512_AMX", "AVX10_1_512_AMX_FP16", "AVX10_2_512",
+                              "AVX10_2_512_AMX_2", "ALL", "DEFAULT"})
+
+
 @functools.lru_cache(maxsize=1)
 def cpu_has_fast_bf16() -> bool:
     """True when the CPU has native bf16 matmul (AVX512-BF16 or AMX); read from the CPU flags.
 
-    Override with ``LGG_SEG_CPU_BF16=0/1``.
+    Override with ``LGG_SEG_CPU_BF16=0/1``. A oneDNN ISA cap below bf16 (``ONEDNN_MAX_CPU_ISA=AVX2``, as used
+    to run an AVX2-only CPU's code paths on a newer one) also means no fast bf16: oneDNN would then emulate it.
     """
     forced = os.environ.get("LGG_SEG_CPU_BF16")
     if forced is not None:
         return forced.strip() not in ("0", "false", "no", "")
+    isa_cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "").strip().upper()
+    if isa_cap and isa_cap not in ONEDNN_BF16_ISAS:
+        return False
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
