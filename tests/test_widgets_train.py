@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -74,8 +76,11 @@ def test_start_stop_resume(widget, qtbot, phantom_root, start_checkpoint, tmp_pa
     assert w.progress.max == 40 * 2 and w.progress.value >= 2
     qtbot.waitUntil(lambda: w.plot_draws >= 1, timeout=WAIT_MS)  # rendered off the GUI thread, then shown
     assert not w.plot_label.native.pixmap().isNull() and w.plot_label.native.pixmap().width() >= 360
+    child = w._process.process
     w.stop()
+    assert not w.stop_button.enabled  # one Stop per run
     qtbot.waitUntil(lambda: not w.running, timeout=WAIT_MS)
+    assert child.returncode == 0  # the child finished its batch, saved and exited (not killed)
 
     done = w.last_report
     assert done["kind"] == "done" and done["stopped"]
@@ -154,6 +159,82 @@ def test_training_error_is_shown(widget, qtbot, phantom_root, start_checkpoint, 
     qtbot.waitUntil(lambda: not w.running, timeout=WAIT_MS)
     assert "Training failed" in w.status_label.value and "mask" in w.status_label.value
     assert w.start_button.enabled
+
+
+def test_the_manifest_opens_the_dock(make_napari_viewer):
+    from napari_lgg_seg.widgets.train import TrainWidget
+
+    _, w = make_napari_viewer().window.add_plugin_dock_widget("napari-lgg-seg", "Train / fine-tune")
+    assert isinstance(w, TrainWidget) and w.start_combo.current_choice == "Scratch (random weights)"
+
+
+def test_the_dock_trains_in_a_child_process(widget, qtbot, monkeypatch, phantom_root, start_checkpoint, tmp_path):
+    """Training runs in another process: the engine is unusable in this one, and the dock still trains."""
+    import napari_lgg_seg.training as training_mod
+    from napari_lgg_seg.widgets._common import registered_models, unregister_model
+
+    def not_here(*args, **kwargs):
+        raise AssertionError("training ran in the napari process")
+
+    monkeypatch.setattr(training_mod, "train", not_here)
+    w = widget
+    out = tmp_path / "run"
+    configure(w, phantom_root, start_checkpoint, out, epochs=1, steps=2)
+    assert w.start() is not None
+    child = w._process.process
+    assert child.pid != os.getpid()
+    qtbot.waitUntil(lambda: not w.running, timeout=WAIT_MS)
+    assert child.returncode == 0
+    assert w.last_report["kind"] == "done" and not w.last_report["stopped"], w.status_label.value
+    assert w.reports_seen == 5  # start, 2 steps, epoch, done
+    assert w.progress.max == 2 and w.progress.value == 2
+    assert [h["epoch"] for h in w.history] == [1] and "val_patient_dice_mean" in w.history[0]
+    assert "Finished" in w.status_label.value and w.best_path == str(out / "best.pt")
+    assert any(path == str((out / "best.pt").resolve()) for _, path in registered_models())
+    qtbot.waitUntil(lambda: w.plot_draws >= 1, timeout=WAIT_MS)
+    assert read_checkpoint(out / "best.pt")["meta"]["init_weights"] == str(start_checkpoint.resolve())
+    unregister_model(out / "best.pt")
+
+
+def test_a_bad_slice_fails_in_the_child_and_the_dock_is_usable_again(widget, qtbot, phantom_root,
+                                                                     start_checkpoint, tmp_path):
+    """An error in the child (a data root with an unreadable slice) is shown, with the bar emptied."""
+    bad = sorted((phantom_root / "PHANTOM_01_20000101").glob("*_1.tif"))[0]
+    bad.write_bytes(b"not a tiff")
+    w = widget
+    configure(w, phantom_root, start_checkpoint, tmp_path / "run", epochs=1)
+    assert w.start() is not None
+    child = w._process.process
+    qtbot.waitUntil(lambda: not w.running, timeout=WAIT_MS)
+    assert child.returncode == 1
+    assert w.last_report["kind"] == "error"
+    text = w.status_label.value
+    assert "Training failed" in text and bad.name in text, text
+    assert w.start_button.enabled and w.epochs_spin.enabled and w.progress.value == w.progress.min
+    assert not (tmp_path / "run" / "last.pt").exists()
+
+
+def test_a_child_that_dies_is_reported(widget, qtbot, phantom_root, start_checkpoint, tmp_path):
+    w = widget
+    configure(w, phantom_root, start_checkpoint, tmp_path / "run", epochs=1, steps=10_000)
+    w.start()
+    qtbot.waitUntil(lambda: w.last_report is not None and w.last_report["kind"] == "step", timeout=WAIT_MS)
+    os.kill(w._process.process.pid, signal.SIGKILL)
+    qtbot.waitUntil(lambda: not w.running, timeout=WAIT_MS)
+    assert "Training failed" in w.status_label.value and "exit status -9" in w.status_label.value
+    assert w.start_button.enabled and w.progress.value == w.progress.min
+
+
+def test_closing_the_dock_kills_the_child(widget, qtbot, phantom_root, start_checkpoint, tmp_path):
+    w = widget
+    configure(w, phantom_root, start_checkpoint, tmp_path / "run", epochs=1, steps=10_000)
+    w.start()
+    child = w._process.process
+    qtbot.waitUntil(lambda: w.last_report is not None and w.last_report["kind"] == "step", timeout=WAIT_MS)
+    w.viewer.window.remove_dock_widget(w.native)
+    qtbot.waitUntil(lambda: child.poll() is not None, timeout=10_000)
+    assert child.returncode == -signal.SIGKILL
+    qtbot.waitUntil(lambda: not w.running, timeout=WAIT_MS)
 
 
 def test_current_model_of_the_segment_dock_is_offered(widget, start_checkpoint):
