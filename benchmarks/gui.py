@@ -264,18 +264,15 @@ def train_phase(args, viewer, heartbeat: Heartbeat, tmp: Path, checkpoint: Path)
     tw = TrainWidget(viewer)
     viewer.window.add_dock_widget(tw, name="Train / fine-tune", area="right")
     if not tw.add_data_root(root):
-        raise RuntimeError(f"the Train dock refused {root}: {tw.status_label.text()}")
+        raise RuntimeError(f"the Train dock refused {root}: {tw.status_label.value}")
     tw.set_output_folder(tmp / "run")
     tw.set_start(checkpoint if args.train_from == "checkpoint" else "scratch")
-    tw.epochs_spin.setValue(1)
-    tw.steps_spin.setValue(args.train_steps)
-    tw.batch_spin.setValue(args.train_batch)
-    tw.val_spin.setValue(args.train_val)
-    tw.crop_check.setChecked(not args.train_whole_slices)
-    result = measure(f"train {args.train_steps} steps, batch {args.train_batch} (worker)", heartbeat,
-                     tw.start_button.click, until=lambda: not tw.running,
+    tw.epochs_spin.value, tw.steps_spin.value, tw.batch_spin.value = 1, args.train_steps, args.train_batch
+    tw.val_spin.value, tw.crop_check.value = args.train_val, not args.train_whole_slices
+    result = measure(f"train {args.train_steps} steps, batch {args.train_batch} (child process)", heartbeat,
+                     tw.start_button.native.click, until=lambda: not tw.running,
                      timeout_s=args.timeout, settle_s=0.5)
-    result["status"] = tw.status_label.text()
+    result["status"] = tw.status_label.value
     result["reports"] = tw.reports_seen
     if tw.best_path is None:
         result["note"] += " no best.pt (see status)"

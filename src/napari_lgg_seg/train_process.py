@@ -1,0 +1,151 @@
+"""Training in a child process, for the Train dock: the GUI process only reads small report dicts.
+
+``python -m napari_lgg_seg.train_process`` reads one job (JSON) from its first stdin line, runs
+``training.train`` (the engine the CLI runs) and writes each report as a JSON line to stdout. A ``stop`` line on
+stdin, stdin closing (the parent has gone) or SIGINT stops it after the current batch, as ``should_stop`` does, so
+``resume`` continues exactly. An error is written as a ``{"kind": "error"}`` report (traceback on stderr) and the
+exit status is 1. :class:`TrainProcess` starts such a child and yields its reports. No Qt here; torch is imported
+only in the child (and by :func:`fit_to_start_model`).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import traceback
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+
+def checkpoint_training_size(path: str | None) -> int:
+    """The slice size a checkpoint was trained on (``model.training_size`` of its config)."""
+    from .model import read_checkpoint, training_size
+
+    if not path:
+        return training_size(None)
+    try:
+        return training_size(read_checkpoint(path).get("config"))
+    except Exception:  # unreadable here: training reports the real problem when it loads the weights
+        return training_size(None)
+
+
+def fit_to_start_model(config, crops: bool):
+    """Fine-tuning keeps the start model's training size; 128-px crops only where slices are large enough."""
+    import dataclasses
+
+    size = checkpoint_training_size(config.init_weights or None)
+    crop = 128 if crops and size >= 160 else None
+    return dataclasses.replace(config, image_size=size, crop_size=crop, tumour_fraction=0.5 if crop else None)
+
+
+def read_history(out: str | os.PathLike) -> list[dict]:
+    """Epoch rows of a run's ``metrics.csv`` (numbers as floats); [] when there is none."""
+
+    def number(text):
+        try:
+            return float(text)
+        except (TypeError, ValueError):
+            return text
+
+    try:
+        with open(Path(out) / "metrics.csv", newline="") as f:
+            return [{k: number(v) for k, v in row.items()} for row in csv.DictReader(f)]
+    except OSError:
+        return []
+
+
+def run_job(job: dict, should_stop: Callable[[], bool] | None = None) -> Iterator[dict]:
+    """The reports of ``training.train`` for a job: ``config`` (a ``TrainConfig`` dict), ``roots``, ``out``,
+    ``resume``, ``epochs`` and ``crops`` (None: the config as given; else fitted with :func:`fit_to_start_model`)."""
+    from .config import TrainConfig
+    from .training import train
+
+    config = TrainConfig.from_dict(job.get("config") or {})
+    if job.get("crops") is not None:
+        config = fit_to_start_model(config, bool(job["crops"]))
+    yield from train(config, job["roots"], job["out"], resume=bool(job.get("resume")), epochs=job.get("epochs"),
+                     should_stop=should_stop)
+
+
+def main() -> int:
+    """The child: reports on the original stdout; anything else printed there goes to stderr."""
+    reports = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1)
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    job = json.loads(sys.stdin.readline() or "{}")
+
+    def watch_stdin() -> None:
+        for line in sys.stdin:
+            if line.strip() == "stop":
+                break
+        stop.set()
+
+    threading.Thread(target=watch_stdin, daemon=True).start()
+    try:
+        for report in run_job(job, stop.is_set):
+            reports.write(json.dumps(report, default=str) + "\n")
+    except Exception as err:  # noqa: BLE001 - reported to the parent, never lost
+        traceback.print_exc()
+        reports.write(json.dumps({"kind": "error", "error": f"{type(err).__name__}: {err}"}) + "\n")
+        return 1
+    return 0
+
+
+class TrainProcess:
+    """A training child process running ``job`` (see :func:`run_job`); :meth:`reports` yields its reports."""
+
+    def __init__(self, job: dict) -> None:
+        self._stderr = tempfile.TemporaryFile(mode="w+", encoding="utf-8", errors="replace")
+        self.process = subprocess.Popen([sys.executable, "-P", "-m", __name__], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, stderr=self._stderr, text=True, bufsize=1)
+        self._send(json.dumps(job))
+
+    def _send(self, line: str) -> None:
+        try:
+            self.process.stdin.write(line + "\n")
+            self.process.stdin.flush()
+        except (OSError, ValueError):  # the child has ended
+            pass
+
+    def reports(self) -> Iterator[dict]:
+        """The child's reports until it ends; an ``error`` report when it failed (also when it died)."""
+        failed = False
+        for line in self.process.stdout:
+            try:
+                report = json.loads(line)
+            except ValueError:
+                continue
+            failed = failed or report.get("kind") == "error"
+            yield report
+        code = self.process.wait()
+        if code != 0 and not failed:
+            yield {"kind": "error", "error": f"the training process ended with exit status {code}"
+                   + (f": {self.stderr_tail()}" if self.stderr_tail() else "")}
+        self._stderr.close()
+
+    def stderr_tail(self, lines: int = 5) -> str:
+        """The last lines the child wrote to stderr."""
+        try:
+            self._stderr.seek(0)
+            return " | ".join(line.rstrip() for line in self._stderr.read().splitlines()[-lines:] if line.strip())
+        except (OSError, ValueError):
+            return ""
+
+    def stop(self) -> None:
+        """Stop after the current batch (a stopped epoch is discarded; ``last.pt`` resumes it)."""
+        self._send("stop")
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
