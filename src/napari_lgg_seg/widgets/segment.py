@@ -6,6 +6,7 @@ torch is imported lazily (inside functions), so opening napari does not import i
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from dataclasses import asdict
 from pathlib import Path
@@ -65,10 +66,10 @@ AUTOSAVE_INTERVAL_MS = 30_000
 
 @thread_worker(start_thread=False)
 def _segment_job(model, images: np.ndarray, device: str, tta: bool, batch_size: int, settings=None,
-                 size: int = 256):
+                 size: int = 256, timing: dict | None = None):
     """Worker generator: yields ``(done, total)`` between batches and returns ``(probabilities, mask)`` (Z, H, W),
     float32 and uint8 as the layers take them, the mask post-processed here, off the GUI thread; slices far from
-    ``size`` are resized (the CLI's rule).
+    ``size`` are resized (the CLI's rule). ``timing`` receives the seconds of the network and the post-processing.
 
     Any error is returned as its message (a ``str``): superqt drops a RuntimeError raised by a generator worker
     (torch allocation failure, CUDA out of memory) without ``errored`` or ``finished``, which hung the dock.
@@ -78,13 +79,17 @@ def _segment_job(model, images: np.ndarray, device: str, tta: bool, batch_size: 
 
         for module in ("napari._vispy.layers.image", "napari._vispy.layers.labels", "scipy.ndimage"):
             __import__(module)  # otherwise the first Labels layer of a session imports these on the GUI thread
-        probs = None
+        probs, start = None, time.perf_counter()
         for done, total, p in iter_predict_any_size(model, images, size=size, device=device,
                                                     batch_size=batch_size, tta=tta):
             probs = p if p is not None else probs
             yield done, total
         probs = np.ascontiguousarray(probs, dtype=np.float32)
-        return probs, postprocess(probs, settings)
+        network = time.perf_counter() - start
+        mask = postprocess(probs, settings)
+        if timing is not None:
+            timing.update(network_s=network, postprocess_s=time.perf_counter() - start - network)
+        return probs, mask
     except Exception as err:  # noqa: BLE001 - reported in the dock, never lost
         return f"{type(err).__name__}: {err}"
 
@@ -147,6 +152,7 @@ class SegmentWidget(Container):
         self._last_autosave: dict[int, str] = {}
         self._reported = False  # the current run's end was reported (status + segmentation_done)
         self._postprocessing: list[tuple] = []  # (worker, labels layer) of re-thresholds in flight
+        self.last_timing: dict = {}  # seconds of the last run's network and post-processing (in the worker)
 
         self.image_combo = create_widget(annotation=napari.layers.Image, label="Image",
                                          options={"tooltip": "The patient to segment: any of its image layers"})
@@ -472,9 +478,9 @@ class SegmentWidget(Container):
             return None
         settings = self.settings()
         self._job = {"patient": patient, "model": self._loaded, "model_label": self.model_combo.current_choice,
-                     "shape": np.shape(patient.reference.data), "settings": settings}
+                     "shape": np.shape(patient.reference.data), "settings": settings, "timing": {}}
         worker = _segment_job(self._loaded.model, images, self.device_combo.value or "auto", self.tta_check.value,
-                              int(self.batch_size), settings, self._loaded.training_size)
+                              int(self.batch_size), settings, self._loaded.training_size, self._job["timing"])
         worker.yielded.connect(self._on_progress)
         worker.returned.connect(self._on_result)
         worker.aborted.connect(lambda: self._finish(pid, None, "Stopped; no layer was added."))
@@ -523,6 +529,7 @@ class SegmentWidget(Container):
             return self._finish(pid, None, f"The layers of {pid} were closed while segmenting; the result was "
                                 "discarded.")
         probs, mask = result
+        self.last_timing = dict(job["timing"])
         shape = job["shape"]
         probs = np.asarray(probs, np.float32)
         if len(shape) == 2:
