@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> dict | None:
                              quiet=True)
             segmented = len(ready) > before
             end = ready[-1][1] if segmented else clock["handler"]
-            timing = seg.last_timing if segmented else {}
+            timing = getattr(seg, "last_timing", {}) if segmented else {}  # {} before the dock timed its runs
             result.update({"patient": browser.current_patient_id if segmented else None,
                            "slices": _slices(viewer, browser.current_patient_id) if segmented else 0,
                            "total_s": end - clock["start"], "handler_s": clock["handler"] - clock["start"],
