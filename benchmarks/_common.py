@@ -382,3 +382,100 @@ def _json_default(obj):
     if isinstance(obj, Path):
         return str(obj)
     return str(obj)
+
+
+# ---------------------------------------------------------------- Qt event loop (gui.py, workflow.py)
+
+
+def require_display(parser, script: str) -> None:
+    """Exit with a hint when there is no X server (napari's canvas needs OpenGL; offscreen has none)."""
+    if not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY") \
+            and os.environ.get("QT_QPA_PLATFORM", "") not in ("offscreen", "minimal"):
+        parser.exit(2, f"{script} needs an X server: run it as `xvfb-run -a python benchmarks/{script} ...`\n")
+
+
+class Heartbeat:
+    """A precise QTimer that records when it fires; gaps between ticks = event-loop stalls."""
+
+    def __init__(self, interval_ms: int) -> None:
+        from qtpy.QtCore import Qt, QTimer
+
+        self.interval_ms = interval_ms
+        self.timer = QTimer()
+        self.timer.setTimerType(Qt.TimerType.PreciseTimer)
+        self.timer.setInterval(interval_ms)
+        self.timer.timeout.connect(self._tick)
+        self.ticks: list[float] = []
+
+    def _tick(self) -> None:
+        self.ticks.append(time.perf_counter())
+
+    def start(self) -> None:
+        self.ticks = [time.perf_counter()]
+        self.timer.start()
+
+    def stop(self) -> None:
+        self.timer.stop()
+        self.ticks.append(time.perf_counter())
+
+    def summary(self) -> dict:
+        gaps = np.diff(self.ticks) * 1000 if len(self.ticks) > 1 else np.zeros(1)
+        return {"ticks": len(self.ticks) - 1, "duration_s": self.ticks[-1] - self.ticks[0],
+                "max_gap_ms": float(gaps.max()), "p99_gap_ms": float(np.percentile(gaps, 99)),
+                "median_gap_ms": float(np.median(gaps)), "gaps_over_100ms": int((gaps > 100).sum()),
+                "gaps_over_250ms": int((gaps > 250).sum())}
+
+
+def run_loop(until=None, timeout_s: float = 600.0, settle_s: float = 0.0) -> bool:
+    """Run the Qt event loop until ``until()`` is true (then ``settle_s`` more) or the timeout; False on timeout."""
+    from qtpy.QtCore import QEventLoop, QTimer
+
+    loop = QEventLoop()
+    state = {"done": False, "timed_out": False}
+
+    def finish() -> None:
+        loop.quit()
+
+    def poll() -> None:
+        if state["done"] or until is None:
+            return
+        if until():
+            state["done"] = True
+            QTimer.singleShot(int(settle_s * 1000), finish)
+
+    poller = QTimer()
+    poller.setInterval(20)
+    poller.timeout.connect(poll)
+    poller.start()
+
+    def on_timeout() -> None:
+        state["timed_out"] = until is not None and not state["done"]
+        loop.quit()
+
+    deadline = QTimer()
+    deadline.setSingleShot(True)
+    deadline.timeout.connect(on_timeout)
+    deadline.start(int((settle_s if until is None else timeout_s) * 1000))
+    loop.exec()
+    poller.stop()
+    deadline.stop()
+    return not state["timed_out"]
+
+
+def measure(name: str, heartbeat: Heartbeat, action, until=None, timeout_s: float = 600.0,
+            settle_s: float = 0.5, quiet: bool = False) -> dict:
+    """Start the heartbeat, run ``action()`` (on the GUI thread), spin the loop until ``until()``; stats."""
+    heartbeat.start()
+    t0 = time.perf_counter()
+    note = ""
+    if action is not None:
+        action()
+    finished = run_loop(until, timeout_s=timeout_s, settle_s=settle_s)
+    elapsed = time.perf_counter() - t0
+    heartbeat.stop()
+    if not finished:
+        note = f"TIMED OUT after {timeout_s:.0f} s"
+    result = {"phase": name, "elapsed_s": elapsed, **heartbeat.summary(), "note": note}
+    if not quiet:
+        print(f"  {name}: {elapsed:.2f} s, longest stall {result['max_gap_ms']:.0f} ms {note}", flush=True)
+    return result

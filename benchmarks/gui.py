@@ -18,113 +18,29 @@ from __future__ import annotations
 import argparse
 import os
 import tempfile
-import time
 from pathlib import Path
-
-import numpy as np
 
 from _common import (
     PHANTOM_SLICES,
+    Heartbeat,
     add_common_args,
     apply_threads,
     folders_by_size,
     machine_facts,
+    measure,
     print_machine_facts,
     print_table,
     real_data_available,
+    require_display,
+    run_loop,
     write_json,
 )
 
 TINY = {"features": [4, 8, 16, 32], "bottleneck": 32}
 
 
-class Heartbeat:
-    """A precise QTimer that records when it fires; gaps between ticks = event-loop stalls."""
-
-    def __init__(self, interval_ms: int) -> None:
-        from qtpy.QtCore import Qt, QTimer
-
-        self.interval_ms = interval_ms
-        self.timer = QTimer()
-        self.timer.setTimerType(Qt.TimerType.PreciseTimer)
-        self.timer.setInterval(interval_ms)
-        self.timer.timeout.connect(self._tick)
-        self.ticks: list[float] = []
-
-    def _tick(self) -> None:
-        self.ticks.append(time.perf_counter())
-
-    def start(self) -> None:
-        self.ticks = [time.perf_counter()]
-        self.timer.start()
-
-    def stop(self) -> None:
-        self.timer.stop()
-        self.ticks.append(time.perf_counter())
-
-    def summary(self) -> dict:
-        gaps = np.diff(self.ticks) * 1000 if len(self.ticks) > 1 else np.zeros(1)
-        return {"ticks": len(self.ticks) - 1, "duration_s": self.ticks[-1] - self.ticks[0],
-                "max_gap_ms": float(gaps.max()), "p99_gap_ms": float(np.percentile(gaps, 99)),
-                "median_gap_ms": float(np.median(gaps)), "gaps_over_100ms": int((gaps > 100).sum()),
-                "gaps_over_250ms": int((gaps > 250).sum())}
-
-
-def run_loop(until=None, timeout_s: float = 600.0, settle_s: float = 0.0) -> bool:
-    """Run the Qt event loop until ``until()`` is true (then ``settle_s`` more) or the timeout; False on timeout."""
-    from qtpy.QtCore import QEventLoop, QTimer
-
-    loop = QEventLoop()
-    state = {"done": False, "timed_out": False}
-
-    def finish() -> None:
-        loop.quit()
-
-    def poll() -> None:
-        if state["done"] or until is None:
-            return
-        if until():
-            state["done"] = True
-            QTimer.singleShot(int(settle_s * 1000), finish)
-
-    poller = QTimer()
-    poller.setInterval(20)
-    poller.timeout.connect(poll)
-    poller.start()
-
-    def on_timeout() -> None:
-        state["timed_out"] = until is not None and not state["done"]
-        loop.quit()
-
-    deadline = QTimer()
-    deadline.setSingleShot(True)
-    deadline.timeout.connect(on_timeout)
-    deadline.start(int((settle_s if until is None else timeout_s) * 1000))
-    loop.exec()
-    poller.stop()
-    deadline.stop()
-    return not state["timed_out"]
-
-
-def measure(name: str, heartbeat: Heartbeat, action, until=None, timeout_s: float = 600.0,
-            settle_s: float = 0.5) -> dict:
-    """Start the heartbeat, run ``action()`` (on the GUI thread), spin the loop until ``until()``; stats."""
-    heartbeat.start()
-    t0 = time.perf_counter()
-    note = ""
-    if action is not None:
-        action()
-    finished = run_loop(until, timeout_s=timeout_s, settle_s=settle_s)
-    elapsed = time.perf_counter() - t0
-    heartbeat.stop()
-    if not finished:
-        note = f"TIMED OUT after {timeout_s:.0f} s"
-    result = {"phase": name, "elapsed_s": elapsed, **heartbeat.summary(), "note": note}
-    print(f"  {name}: {elapsed:.2f} s, longest stall {result['max_gap_ms']:.0f} ms {note}", flush=True)
-    return result
-
-
 def prepare_patient(args, tmp: Path) -> tuple[Path, str]:
+    """The patient folder to open (its parent is the dataset root the browser phases step through)."""
     if args.patient is not None:
         return args.patient, f"--patient {args.patient}"
     if real_data_available(args.data, args.phantom):
@@ -133,7 +49,8 @@ def prepare_patient(args, tmp: Path) -> tuple[Path, str]:
     from napari_lgg_seg.sample import write_phantom_dataset
 
     slices = args.max_slices or PHANTOM_SLICES[1]
-    folder = write_phantom_dataset(tmp / "patients", n_patients=1, n_slices=slices, size=args.phantom_size)[0]
+    folder = write_phantom_dataset(tmp / "patients", n_patients=max(2, args.switches // 2 + 1), n_slices=slices,
+                                   size=args.phantom_size)[0]
     why = "forced by --phantom" if args.phantom else f"{args.data} not found"
     return folder, f"phantom patient of {slices} slices ({why})"
 
@@ -173,6 +90,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--interval-ms", type=int, default=10, help="heartbeat interval")
     parser.add_argument("--idle-seconds", type=float, default=2.0, help="length of the idle baseline")
     parser.add_argument("--segment-runs", type=int, default=2, help="Segment clicks (the first includes warm-up)")
+    parser.add_argument("--thresholds", default="0.3,0.7,0.5",
+                        help="threshold moves after segmenting (comma-separated; empty: none)")
+    parser.add_argument("--switches", type=int, default=6,
+                        help="patient switches in the patient browser (half forward, half back; 0: none)")
     parser.add_argument("--no-train", action="store_true", help="skip the training phase")
     parser.add_argument("--train-steps", type=int, default=10, help="steps of the short training run (1 epoch)")
     parser.add_argument("--train-batch", type=int, default=8)
@@ -184,9 +105,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds allowed per phase")
     args = parser.parse_args(argv)
     apply_threads(args.threads)
-    if not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY") \
-            and os.environ.get("QT_QPA_PLATFORM", "") not in ("offscreen", "minimal"):
-        parser.exit(2, "gui.py needs an X server: run it as `xvfb-run -a python benchmarks/gui.py ...`\n")
+    require_display(parser, "gui.py")
 
     facts = machine_facts()
     tmpdir = tempfile.TemporaryDirectory(prefix="lgg-gui-bench-")
@@ -229,6 +148,12 @@ def main(argv: list[str] | None = None) -> dict:
             phases[-1]["status"] = seg.status_label.value
         if not any(layer.name == f"{pid} tumour" for layer in viewer.layers):
             phases[-1]["note"] += f" no '{pid} tumour' layer: {seg.status_label.value}"
+        for value in [float(v) for v in args.thresholds.split(",") if v.strip()]:
+            phases.append(measure(f"re-threshold to {value:.2f} (worker + labels refill)", heartbeat,
+                                  lambda value=value: seg.set_threshold(value), until=lambda: not seg.postprocessing,
+                                  timeout_s=args.timeout, settle_s=0.3))
+        if args.switches:
+            phases += browser_phases(args, viewer, heartbeat, folder)
 
         if not args.no_train:
             phases.append(train_phase(args, viewer, heartbeat, tmp, checkpoint))
@@ -252,6 +177,33 @@ def main(argv: list[str] | None = None) -> dict:
                "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
     write_json(args.json, payload)
     return payload
+
+
+def browser_phases(args, viewer, heartbeat: Heartbeat, folder: Path) -> list[dict]:
+    """Dock the patient browser on the open patient's dataset root and switch patients: the first switch leaves
+    the segmented patient (its result layers close), then plain Next / Previous."""
+    from napari_lgg_seg.widgets.browser import PatientBrowser
+
+    browser = PatientBrowser(viewer)
+    browser.ask = lambda title, text: True  # never block on a dialog
+    viewer.window.add_dock_widget(browser, name="Patient browser", area="right")
+    phases = [measure("dock the patient browser on the root", heartbeat,
+                      lambda: browser.adopt_root(folder.parent, folder.name), settle_s=1.0)]
+    n, start = len(browser.folders), browser.current_index
+    forward = args.switches // 2
+    step = 1 if start + forward < n else -1
+    for i in range(args.switches):
+        direction = step if i < forward else -step
+        action, label = (browser.next, "next") if direction > 0 else (browser.previous, "previous")
+        target = browser.current_index + direction
+        if not 0 <= target < n:
+            break
+        what = "leave the segmented patient" if i == 0 else "plain switch"
+        phases.append(measure(f"browser {label} #{i + 1} ({what}, {browser.folders[target].name[:12]}…)",
+                              heartbeat, action, settle_s=1.0))
+        if browser.current_index != target:
+            phases[-1]["note"] += f" did not switch: {browser.status_label.text()}"
+    return phases
 
 
 def train_phase(args, viewer, heartbeat: Heartbeat, tmp: Path, checkpoint: Path) -> dict:

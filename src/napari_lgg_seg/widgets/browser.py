@@ -4,6 +4,7 @@ correct them in one sitting: each patient's state, Accept and next (export, next
 from __future__ import annotations
 
 import os
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from .._reader import load_folder
+from .._reader import load_folder, mask_folder_source
 from ..io import LGGFormatError, Patient, find_patient_folders, is_patient_folder, load_patient
 from ._common import (
     ROLE_GROUND_TRUTH,
@@ -91,6 +92,11 @@ class PatientBrowser(QWidget):
         self._kept: dict[str, list] = {}  # corrections not yet exported of patients not on screen (bug 2)
         self._segmented: set[str] = set()
         self.states: dict[str, str] = {}
+        # the neighbours of the open patient are read (and their contrast computed) in a thread, ahead of the click
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lgg-browser-prefetch")
+        self._prefetched: dict[Path, tuple[tuple, Future]] = {}
+        pool, prefetched = self._pool, self._prefetched
+        self.destroyed.connect(lambda *_: _shutdown(pool, prefetched))
         settings = load_settings()
         self.export_root = FileEdit(mode="d", nullable=True, label="Export root",
                                     value=settings.get("export_root") or None,
@@ -172,6 +178,7 @@ class PatientBrowser(QWidget):
                 self.list.blockSignals(False)
                 self._say(f"Patient {index + 1} of {len(self.folders)}: {patient_id}")
                 self._refresh_current_state()
+                self._prefetch_around(index)
                 break
         self._update_nav()
 
@@ -215,21 +222,18 @@ class PatientBrowser(QWidget):
                                 f"to {previous}, so you can still export it."):
                     self._restore_row()
                     return False
-        QApplication.setOverrideCursor(_wait_cursor())
         try:
-            patient, extra_layers = load_folder(folder)  # a patient folder, or a segment output over its source
+            patient, extra_layers, layer_data = self._loaded(folder)
         except LGGFormatError as err:
             self._say(f"Cannot open {folder.name}: {err}", error=True)
             notify(f"Cannot open {folder.name}: {err}", "warning")
             self._restore_row()
             return False
-        finally:
-            QApplication.restoreOverrideCursor()
-        old_shape = self._remove_patient_layers(previous) if previous is not None else None
+        old_shape = self._remove_patient_layers(previous, keep_reader_layers=True) if previous is not None else None
         kept = self._kept.pop(patient.patient_id, [])
         if kept:  # its kept correction comes back instead of the output folder's copy
             extra_layers = [t for t in extra_layers if (t[1].get("metadata") or {}).get("lgg_role") != ROLE_PREDICTION]
-        self._add_patient(patient, extra_layers)
+        self._add_patient(patient, extra_layers, layer_data, previous)
         for layer in kept:  # back on top, shown and selected (bug 2)
             layer.visible = True
             self.viewer.layers.append(layer)
@@ -243,12 +247,47 @@ class PatientBrowser(QWidget):
             self.viewer.reset_view()
         if patient.images.shape[0] > 1:
             self.viewer.dims.set_current_step(0, patient.images.shape[0] // 2)
+        self._prefetch_around(index)
         return True
 
-    def _remove_patient_layers(self, patient_id: str):
+    # ------------------------------------------------------------------------------ prefetch
+
+    def _loaded(self, folder: Path) -> tuple[Patient, list[tuple], list[tuple]]:
+        """``(patient, extra layer tuples, patient layer tuples)`` of ``folder``: the prefetched copy when the folder's
+        files have not changed since it was read, else read now (with a wait cursor). Raises LGGFormatError."""
+        entry = self._prefetched.pop(folder, None)
+        if entry is not None and not entry[1].cancelled() and entry[0] == _signature(folder):
+            if entry[1].done():
+                return entry[1].result()
+            QApplication.setOverrideCursor(_wait_cursor())
+            try:
+                return entry[1].result()
+            finally:
+                QApplication.restoreOverrideCursor()
+        QApplication.setOverrideCursor(_wait_cursor())
+        try:
+            return _read(folder)
+        finally:
+            QApplication.restoreOverrideCursor()
+
+    def _prefetch_around(self, index: int) -> None:
+        """Read the next and the previous patient in the background (forgetting any other prefetched one)."""
+        wanted = [self.folders[i] for i in (index + 1, index - 1) if 0 <= i < len(self.folders)]
+        for folder in list(self._prefetched):
+            if folder not in wanted:
+                self._prefetched.pop(folder)[1].cancel()
+        for folder in wanted:
+            if folder not in self._prefetched:
+                try:
+                    self._prefetched[folder] = (_signature(folder), self._pool.submit(_read, folder))
+                except RuntimeError:  # the pool was shut down (the dock is closing)
+                    return
+
+    def _remove_patient_layers(self, patient_id: str, keep_reader_layers: bool = False):
         """Take the patient off screen: its reader layers and results leave the viewer (through
         ``safe_remove_layers``: never an active Labels layer in paint mode, bug 1); corrections not yet exported
-        are kept by the browser, hidden and autosaved, and come back with the patient (bug 2)."""
+        are kept by the browser, hidden and autosaved, and come back with the patient (bug 2). With
+        ``keep_reader_layers`` the image channels and ground truth stay, for ``_add_patient`` to refill."""
         from .. import recovery
 
         shape = None
@@ -260,7 +299,10 @@ class PatientBrowser(QWidget):
             role = meta.get("lgg_role")
             if meta.get("lgg_channel") and shape is None:
                 shape = tuple(layer.data.shape[:3])
-            if _is_reader_layer(layer) or role == ROLE_PROBABILITY:
+            if _is_reader_layer(layer):
+                if not keep_reader_layers:
+                    doomed.append(layer)
+            elif role == ROLE_PROBABILITY:
                 doomed.append(layer)
             elif role == ROLE_PREDICTION:
                 doomed.append(layer)
@@ -278,13 +320,41 @@ class PatientBrowser(QWidget):
         safe_remove_layers(self.viewer, doomed)
         return shape
 
-    def _add_patient(self, patient: Patient, extra_layers: list[tuple] = ()) -> None:
+    def _add_patient(self, patient: Patient, extra_layers: list[tuple] = (), layer_data: list[tuple] | None = None,
+                     previous: str | None = None) -> None:
+        """Show the patient's layers: the previous patient's channel and ground-truth layers are refilled in place
+        (new data, contrast, metadata, then the name: a few ms each, where napari needs 0.1-0.3 s to add or remove
+        a layer); layers without a counterpart are added, the leftovers removed; the patient's layers end on top
+        in the reader's order."""
         from napari.layers import Layer
 
         from .._reader import patient_layer_data
 
-        for data, kwargs, layer_type in [*patient_layer_data(patient), *extra_layers]:
-            self.viewer.add_layer(Layer.create(data, kwargs, layer_type))
+        tuples = [*(layer_data if layer_data is not None else patient_layer_data(patient)), *extra_layers]
+        reusable = {_reader_key(la): la for la in self.viewer.layers
+                    if previous is not None and patient_of_layer(la) == previous and _is_reader_layer(la)}
+        plan = []
+        for data, kwargs, layer_type in tuples:
+            key = _reader_key(SimpleLayer(kwargs.get("metadata") or {}))
+            old = reusable.pop(key, None) if key is not None else None
+            if old is not None and old._type_string != layer_type:
+                reusable[key] = old
+                old = None
+            plan.append((old, data, kwargs, layer_type))
+        safe_remove_layers(self.viewer, list(reusable.values()))  # e.g. a ground truth the next patient lacks
+        for old, _data, kwargs, _type in plan:  # metadata first: whoever reacts to the new data or name sees it
+            if old is not None:
+                old.metadata = kwargs.get("metadata") or {}
+        for old, data, kwargs, _type in plan:
+            if old is not None:
+                _refill(old, data, kwargs)
+        for old, _data, kwargs, _type in plan:
+            if old is not None:
+                old.name = kwargs["name"]
+        layers = []
+        for old, data, kwargs, layer_type in plan:
+            layers.append(old if old is not None else self.viewer.add_layer(Layer.create(data, kwargs, layer_type)))
+        _move_to_top(self.viewer, layers)
 
     def _set_current(self, index: int, patient: Patient) -> None:
         self.current_index = index
@@ -456,6 +526,79 @@ class PatientBrowser(QWidget):
 
     def _say(self, text: str, error: bool = False) -> None:
         self.status_label.setText(status_html(text, error))
+
+
+class SimpleLayer:
+    """Just enough of a layer (its metadata) for ``_reader_key``."""
+
+    def __init__(self, metadata: dict) -> None:
+        self.metadata = metadata
+
+
+def _reader_key(layer) -> str | None:
+    """Which reader layer this is (a channel name, or the ground truth), for refilling it with another patient."""
+    meta = layer.metadata or {}
+    if meta.get("lgg_channel"):
+        return f"channel:{meta['lgg_channel']}"
+    if meta.get("lgg_role") == ROLE_GROUND_TRUTH:
+        return "ground_truth"
+    return None
+
+
+_REFILLED = ("contrast_limits", "colormap", "blending", "opacity", "visible", "scale", "translate")
+
+
+def _refill(layer, data, kwargs: dict) -> None:
+    """Give an existing layer another patient's data and display settings (not its name)."""
+    layer.data = data
+    for key in _REFILLED:
+        if key not in kwargs:
+            continue
+        value = kwargs[key]
+        if key == "colormap" and (hasattr(layer, "selected_label") or getattr(layer.colormap, "name", None) == value):
+            continue  # the same colormap (a Labels colormap is a dict: the reader's is always the same)
+        if key in ("scale", "translate"):
+            if np.array_equal(np.asarray(getattr(layer, key)), np.broadcast_to(value, np.shape(getattr(layer, key)))):
+                continue
+        setattr(layer, key, value)
+
+
+def _move_to_top(viewer, layers: list) -> None:
+    """Put ``layers`` on top of the layer list, in this order (nothing moves when they already are)."""
+    n = len(viewer.layers)
+    on_top = list(viewer.layers)[n - len(layers):]
+    if len(on_top) == len(layers) and all(a is b for a, b in zip(on_top, layers)):
+        return
+    indices = [viewer.layers.index(layer) for layer in layers]
+    viewer.layers.move_multiple(indices, n)
+
+
+def _signature(folder: Path) -> tuple:
+    """Names, sizes and modification times of a folder's files (and of a segment output's source folder): a
+    prefetched copy is used only while this is unchanged."""
+    def listing(path: Path) -> tuple:
+        try:
+            return tuple(sorted((e.name, e.stat().st_size, e.stat().st_mtime_ns) for e in os.scandir(path)))
+        except OSError:
+            return ()
+
+    source = mask_folder_source(folder)
+    return listing(folder), (listing(source) if source is not None else ())
+
+
+def _read(folder: Path) -> tuple[Patient, list[tuple], list[tuple]]:
+    """Read a patient (or segment output) folder and build its layer tuples (contrast limits): any thread."""
+    from .._reader import patient_layer_data
+
+    patient, extra_layers = load_folder(folder)
+    return patient, extra_layers, patient_layer_data(patient)
+
+
+def _shutdown(pool: ThreadPoolExecutor, prefetched: dict) -> None:
+    for _, future in prefetched.values():
+        future.cancel()
+    prefetched.clear()
+    pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _wait_cursor():
