@@ -68,6 +68,20 @@ def _isolated_recovery_dir(tmp_path, monkeypatch):
 
 
 @pytest.fixture(autouse=True)
+def _isolated_model_choices():
+    """The Segment dock's current model and the run-time model registry are process-wide: reset them after
+    each test so that a dock opened later starts as it would in a fresh napari."""
+    yield
+    import sys
+
+    common = sys.modules.get("napari_lgg_seg.widgets._common")
+    if common is not None:
+        common.set_current_model_path(None)
+        for _label, path in common.registered_models():
+            common.unregister_model(path)
+
+
+@pytest.fixture(autouse=True)
 def _no_leaked_worker_threads():
     """Fail the test that leaves a napari worker running: Qt's global pool has only as many threads as
     cores, so a leaked worker would starve every later test's workers."""
