@@ -134,6 +134,9 @@ def main(argv: list[str] | None = None) -> dict | None:
                 clock["handler"] = time.perf_counter()
 
             def finished() -> bool:
+                if browser.exporting:  # Accept and next writes the export in a worker, then moves on
+                    return False
+                clock.setdefault("exported", time.perf_counter())  # (20-ms polling)
                 if browser.current_patient_id == pid_before and action_name != "segment (Shift-S)":
                     return True  # the last patient: accepted, nothing left to open
                 return len(ready) > before and not seg.running
@@ -141,7 +144,7 @@ def main(argv: list[str] | None = None) -> dict | None:
             result = measure(label, heartbeat, act, until=finished, timeout_s=args.timeout, settle_s=0.0,
                              quiet=True)
             segmented = len(ready) > before
-            end = ready[-1][1] if segmented else clock["handler"]
+            end = ready[-1][1] if segmented else clock.get("exported", clock["handler"])
             timing = getattr(seg, "last_timing", {}) if segmented else {}  # {} before the dock timed its runs
             result.update({"patient": browser.current_patient_id if segmented else None,
                            "slices": _slices(viewer, browser.current_patient_id) if segmented else 0,

@@ -97,7 +97,10 @@ def test_accept_and_next_exports_moves_on_and_segments(ready, qtbot, tmp_path):
     seg = segment_dock(viewer)
     done = []
     seg.segmentation_done.connect(lambda pid, layer, message: done.append(pid))
-    press(viewer, "Shift-Enter")  # accept and next
+    press(viewer, "Shift-Enter")  # accept and next: written in a worker, then the next patient opens
+    assert browser.exporting and browser.current_patient_id == names[0]
+    qtbot.waitUntil(lambda: browser.current_patient_id == names[1], timeout=WAIT_MS)
+    assert not browser.exporting
     saved = load_patient(out / names[0])
     np.testing.assert_array_equal(saved.masks > 0, painted > 0)
     assert browser.current_patient_id == names[1] and browser.list.currentRow() == 1
@@ -108,7 +111,8 @@ def test_accept_and_next_exports_moves_on_and_segments(ready, qtbot, tmp_path):
 
     browser.auto_segment.value = False
     browser.accept_button.native.click()  # the button: exports names[1], opens names[2], does not segment
-    assert (out / names[1]).is_dir() and browser.current_patient_id == names[2]
+    qtbot.waitUntil(lambda: browser.current_patient_id == names[2], timeout=WAIT_MS)
+    assert (out / names[1]).is_dir()
     assert not seg.running and f"{names[2]} tumour" not in viewer.layers
     assert [browser.states[n] for n in names] == ["exported", "exported", "not started"]
 
@@ -192,7 +196,7 @@ def test_auto_segment_waits_for_the_previous_run_to_finish(ready, qtbot, tmp_pat
     seg._adding_result = True  # the dock is busy (as right after a run, before its worker has finished)
     QTimer.singleShot(500, lambda: setattr(seg, "_adding_result", False))
     assert browser.accept_and_next()
-    assert browser.current_patient_id == names[1]
+    qtbot.waitUntil(lambda: browser.current_patient_id == names[1], timeout=WAIT_MS)
     qtbot.waitUntil(lambda: done == [names[1]] and not seg.running, timeout=WAIT_MS)
     assert f"{names[1]} tumour" in viewer.layers
 

@@ -582,6 +582,22 @@ def _check_replaceable(target: Path, patient_id: str) -> None:
                               "Move them away or choose another output folder.")
 
 
+def check_patient_target(out_root: str | os.PathLike, patient_id: str, *, overwrite: bool = False,
+                         source_folder: str | os.PathLike | None = None, image_files: list[str] | None = None) -> Path:
+    """Raise the ``FileExistsError`` that :func:`write_patient_folder` would raise for ``OUT/<PATIENT>`` right now
+    (exists and no ``overwrite``; the patient's source folder; a folder holding files the plugin did not write);
+    returns the target. A cheap check before handing a write to a thread; the write checks again, atomically."""
+    patient_id = sanitize_name(patient_id)
+    target = Path(out_root) / patient_id
+    if source_folder is not None or image_files is not None:
+        _check_not_source(target, source_folder, image_files)
+    if target.exists() or target.is_symlink():
+        if not overwrite:
+            raise FileExistsError(f"{target} already exists; choose another output folder or allow overwriting.")
+        _check_replaceable(target, patient_id)
+    return target
+
+
 def _check_not_source(target: Path, source: str | os.PathLike | None, image_files: list[str] | None) -> None:
     """Never replace the folder the patient was read from (or one holding the images being copied)."""
     resolved = _resolved(target)
@@ -649,12 +665,7 @@ def write_patient_folder(
     _check_not_source(target, source_folder, image_files)
 
     def check_existing() -> None:
-        if target.exists() or target.is_symlink():
-            if not overwrite:
-                raise FileExistsError(
-                    f"{target} already exists; choose another output folder or allow overwriting."
-                )
-            _check_replaceable(target, patient_id)
+        check_patient_target(out_root, patient_id, overwrite=overwrite)
 
     check_existing()
     out_root.mkdir(parents=True, exist_ok=True)

@@ -284,9 +284,10 @@ def is_edited(layer) -> bool:
     return bool(voxels_changed(layer))
 
 
-def mark_exported(layer) -> None:
-    """Remember the exported content, so later checks know whether edits were saved."""
-    layer.metadata[EXPORTED_KEY] = mask_digest(np.asarray(layer.data))
+def mark_exported(layer, data: np.ndarray | None = None) -> None:
+    """Remember the exported content (``data``, default the layer's), so later checks know whether edits were
+    saved."""
+    layer.metadata[EXPORTED_KEY] = mask_digest(np.asarray(layer.data if data is None else data))
 
 
 def has_unexported_edits(layer) -> bool:

@@ -91,6 +91,7 @@ class PatientBrowser(QWidget):
         self.status_label.setWordWrap(True)
         self._kept: dict[str, list] = {}  # corrections not yet exported of patients not on screen (bug 2)
         self._segmented: set[str] = set()
+        self._export_job = None  # the Accept-and-next export being written in a worker
         self.states: dict[str, str] = {}
         # the neighbours of the open patient are read (and their contrast computed) in a thread, ahead of the click
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lgg-browser-prefetch")
@@ -455,29 +456,82 @@ class PatientBrowser(QWidget):
 
     def accept_and_next(self) -> bool:
         """Export the current patient's tumour layer to the export root, open the next patient not exported and
-        (when ticked) segment it. Refuses, saying why, without a patient, tumour layer or export root."""
-        from .export import export_patient
+        (when ticked) segment it. Refuses, saying why, without a patient, tumour layer or export root.
+
+        The files are written in a worker thread (``exporting`` is True meanwhile; the window keeps painting): the
+        next patient opens once the export has succeeded; a failed export is reported as before and the patient
+        stays open. Returns False when refused at once, True when the export started (or the patient was already
+        exported and the next one opened)."""
+        from napari.qt.threading import create_worker
+
+        from .export import prepare_export
 
         pid = self.current_patient_id
         root = self.export_root.value
         layer = tumour_layer(self.viewer, pid)
         if pid is None:
             return self._refuse("Open a dataset root first.")
+        if self.exporting:
+            return self._refuse(f"The export of {self._export_job.patient_id} is still being written.")
         if root is None or not os.fspath(root):
             return self._refuse("Choose an export root first (the folder the accepted patients are written to).")
         if layer is None:
             return self._refuse(f"{pid} has no tumour layer to accept: segment it first (Shift-S).")
         already = (layer.metadata or {}).get("lgg_exported_digest") and not has_unexported_edits(layer)
-        if not already:
-            try:
-                target = export_patient(self.viewer, root, patient_id=pid, layer=layer)
-            except FileExistsError as err:
-                return self._refuse(f"Not accepted: {err} Nothing was written (the Export dock's 'Overwrite' "
-                                    "replaces an export).")
-            except (LGGFormatError, OSError, ValueError) as err:
-                return self._refuse(f"Export of {pid} failed: {err}")
-            notify(f"Accepted {pid}: exported to {target}.")
-        self._refresh_current_state()
+        if already:
+            self._refresh_current_state()
+            return self._move_on()
+        try:
+            job = prepare_export(self.viewer, root, patient_id=pid, layer=layer)
+        except Exception as err:  # noqa: BLE001 - the refusals of export_patient, worded as before
+            return self._export_failed(pid, err)
+        self._export_job = job
+        worker = create_worker(_write_export, job, _start_thread=False)
+        worker.returned.connect(lambda result: self._on_exported(job, result))
+        worker.finished.connect(lambda: self._export_done(job))
+        self._say(f"Exporting {pid}…")
+        worker.start()
+        return True
+
+    @property
+    def exporting(self) -> bool:
+        """True while Accept and next writes an export in its worker thread."""
+        return self._export_job is not None
+
+    def _export_done(self, job) -> None:
+        if self._export_job is job:
+            self._export_job = None
+
+    def _on_exported(self, job, result) -> None:
+        """Back on the GUI thread after the write: mark the layer exported and move on (if the user has not moved
+        to another patient meanwhile)."""
+        self._export_done(job)
+        try:
+            if isinstance(result, BaseException):
+                self._export_failed(job.patient_id, result)
+                return
+            job.finish()
+            notify(f"Accepted {job.patient_id}: exported to {result}.")
+            self._refresh_current_state()
+            if job.patient_id == self.current_patient_id:
+                self._move_on()
+            else:  # the user opened another patient while it was written: only its state changes
+                for index, folder in enumerate(self.folders):
+                    if folder.name == job.patient_id:
+                        self._show_state(index)
+        except RuntimeError:  # the dock's Qt objects are gone
+            pass
+
+    def _export_failed(self, pid: str, err: BaseException) -> bool:
+        if isinstance(err, FileExistsError):
+            return self._refuse(f"Not accepted: {err} Nothing was written (the Export dock's 'Overwrite' "
+                                "replaces an export).")
+        if isinstance(err, (LGGFormatError, OSError, ValueError)):
+            return self._refuse(f"Export of {pid} failed: {err}")
+        raise err
+
+    def _move_on(self) -> bool:
+        """After an accepted export: open the next patient not exported and (when ticked) segment it."""
         if not self.next_not_exported():
             return False
         if self.auto_segment.value:
@@ -592,6 +646,15 @@ def _read(folder: Path) -> tuple[Patient, list[tuple], list[tuple]]:
 
     patient, extra_layers = load_folder(folder)
     return patient, extra_layers, patient_layer_data(patient)
+
+
+def _write_export(job):
+    """Worker: write the export; the refusals come back as values (napari would show an error raised in a worker as a
+    traceback notification)."""
+    try:
+        return job.write()
+    except (LGGFormatError, OSError, ValueError) as err:  # FileExistsError is an OSError
+        return err
 
 
 def _shutdown(pool: ThreadPoolExecutor, prefetched: dict) -> None:

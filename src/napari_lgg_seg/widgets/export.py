@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ from magicgui.widgets import CheckBox, Container, FileEdit, Label, PushButton, c
 from qtpy.QtCore import Qt
 
 from .. import recovery
-from ..io import LGGFormatError, sanitize_name
+from ..io import LGGFormatError, check_patient_target, sanitize_name
 from ._common import (
     ROLE_PREDICTION,
     find_patients,
@@ -30,16 +31,40 @@ def _model_description(meta: dict) -> str | None:
     return path or label
 
 
-def export_patient(viewer, out_root: str | os.PathLike, *, patient_id: str | None = None, layer=None,
-                   overwrite: bool = False) -> Path:
-    """Export ``layer`` (default: the tumour layer of ``patient_id``) to ``OUT/<PATIENT>/`` with the patient's source
-    images and a sidecar; marks it exported and clears its autosave. Returns the patient folder written.
+@dataclass
+class ExportJob:
+    """One export, prepared on the GUI thread by :func:`prepare_export`: :meth:`write` may then run in any thread
+    (it only reads copies taken here), :meth:`finish` runs back on the GUI thread."""
 
-    Raises ``ValueError`` (nothing to export), ``FileExistsError`` (already exported; nothing written unless
-    ``overwrite``), ``LGGFormatError`` or ``OSError``.
-    """
-    from ..export import export_corrected_patient
+    layer: object
+    patient_id: str
+    out_root: str
+    data: np.ndarray  # a copy of the layer's data as exported (painting meanwhile does not change it)
+    metadata: dict
+    images: np.ndarray | None
+    voxels_edited: int | None
+    overwrite: bool = False
 
+    def write(self) -> Path:
+        """Write ``OUT/<PATIENT>/`` (atomically); raises as :func:`export_patient`."""
+        from ..export import export_corrected_patient
+
+        masks = self.data[None] if self.data.ndim == 2 else self.data
+        return export_corrected_patient(self.out_root, masks, self.metadata, images=self.images,
+                                        patient_id=self.patient_id, model=_model_description(self.metadata),
+                                        voxels_edited=self.voxels_edited, overwrite=self.overwrite)
+
+    def finish(self) -> None:
+        """After a successful write: the layer is marked exported (with what was written) and its autosave cleared."""
+        mark_exported(self.layer, self.data)
+        recovery.clear_recovery(self.patient_id)
+
+
+def prepare_export(viewer, out_root: str | os.PathLike, *, patient_id: str | None = None, layer=None,
+                   overwrite: bool = False) -> ExportJob:
+    """Gather what :func:`export_patient` writes (GUI thread, a few ms) and refuse early what it would refuse
+    before writing anything: ``ValueError`` (nothing to export), ``FileExistsError`` (already exported, or the
+    patient's source folder)."""
     if layer is None:
         layer = tumour_layer(viewer, patient_id)
         if layer is None:
@@ -53,8 +78,8 @@ def export_patient(viewer, out_root: str | os.PathLike, *, patient_id: str | Non
         patient = same[0] if len(same) == 1 else None
         pid = patient.patient_id if patient is not None else sanitize_name(layer.name)
         meta = {**(patient.metadata() if patient is not None else {}), **meta}
-    masks = np.asarray(layer.data)
-    masks = masks[None] if masks.ndim == 2 else masks
+    data = np.array(layer.data, copy=True)
+    masks = data[None] if data.ndim == 2 else data
     images = None
     if patient is not None:
         try:
@@ -62,11 +87,23 @@ def export_patient(viewer, out_root: str | os.PathLike, *, patient_id: str | Non
         except ValueError:
             images = None
         images = images if images is not None and images.shape[:3] == masks.shape else None
-    edited = voxels_changed(layer)
-    target = export_corrected_patient(os.path.expanduser(out_root), masks, meta, images=images, patient_id=pid,
-                                      model=_model_description(meta), voxels_edited=edited, overwrite=overwrite)
-    mark_exported(layer)
-    recovery.clear_recovery(pid)
+    out_root = os.path.expanduser(out_root)
+    check_patient_target(out_root, pid, overwrite=overwrite, source_folder=meta.get("lgg_folder"))
+    return ExportJob(layer, pid, out_root, data, meta, images, voxels_changed(layer), overwrite)
+
+
+def export_patient(viewer, out_root: str | os.PathLike, *, patient_id: str | None = None, layer=None,
+                   overwrite: bool = False) -> Path:
+    """Export ``layer`` (default: the tumour layer of ``patient_id``) to ``OUT/<PATIENT>/`` with the patient's source
+    images and a sidecar; marks it exported and clears its autosave. Returns the patient folder written.
+
+    Raises ``ValueError`` (nothing to export), ``FileExistsError`` (already exported; nothing written unless
+    ``overwrite``), ``LGGFormatError`` or ``OSError``. :func:`prepare_export` + ``ExportJob.write`` (in a worker) +
+    ``ExportJob.finish`` do the same without writing on the GUI thread.
+    """
+    job = prepare_export(viewer, out_root, patient_id=patient_id, layer=layer, overwrite=overwrite)
+    target = job.write()
+    job.finish()
     return target
 
 

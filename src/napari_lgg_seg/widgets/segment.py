@@ -102,8 +102,14 @@ def _postprocess_job(probs: np.ndarray, settings) -> np.ndarray:
     return postprocess(probs, settings)
 
 
-def _later(callback) -> None:
-    """Run ``callback`` on the next event-loop turn; nothing if the dock was closed meanwhile."""
+#: delay of the next GUI step of a chain (ms). Not 0: Qt delivers a 0-ms single shot as a posted event, and a chain
+#: of them runs two steps per event-loop turn (no timer, no repaint in between: two layer adds froze the window for
+#: one 190-230 ms stall instead of two short ones). A 1-ms timer lets the window's own timers and paints run first.
+STEP_DELAY_MS = 1
+
+
+def _later(callback, delay_ms: int = 0) -> None:
+    """Run ``callback`` on a later event-loop turn; nothing if the dock was closed meanwhile."""
 
     def run() -> None:
         try:
@@ -111,7 +117,7 @@ def _later(callback) -> None:
         except RuntimeError:  # the dock's Qt objects are gone
             pass
 
-    QTimer.singleShot(0, run)
+    QTimer.singleShot(delay_ms, run)
 
 
 def _wrap(label: Label, rich: bool = False) -> Label:
@@ -625,7 +631,7 @@ class SegmentWidget(Container):
             self._end_adding()
             return
         steps[0]()
-        _later(lambda: self._run_gui_steps(patient, steps[1:]))
+        _later(lambda: self._run_gui_steps(patient, steps[1:]), STEP_DELAY_MS)
 
     # -------------------------------------------------------------------------- edits, readout
 
