@@ -11,6 +11,7 @@ import platform
 import resource
 import statistics
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -385,6 +386,26 @@ def _json_default(obj):
 
 
 # ---------------------------------------------------------------- Qt event loop (gui.py, workflow.py)
+
+
+def isolated_session(prefix: str) -> tuple[tempfile.TemporaryDirectory, Path]:
+    """A temporary folder for one GUI benchmark session; the plugin's autosaves and settings and napari's own settings
+    (reader preferences) are pointed into it, so nothing of the user's is read or written."""
+    tmpdir = tempfile.TemporaryDirectory(prefix=prefix)
+    tmp = Path(tmpdir.name)
+    os.environ["LGG_SEG_RECOVERY_DIR"] = str(tmp / "recovery")
+    os.environ["LGG_SEG_CONFIG_DIR"] = str(tmp / "config")
+    os.environ["NAPARI_CONFIG"] = str(tmp / "napari_settings.yaml")
+    return tmpdir, tmp
+
+
+def print_session_header(facts: dict, notes: list[tuple[str, str]], interval_ms: int) -> None:
+    """The machine facts, what the session runs on (``(label, text)`` lines) and the heartbeat interval."""
+    print_machine_facts(facts)
+    width = max(len(label) for label, _ in notes) + 1
+    for label, text in notes:
+        print(f"{label + ':':<{width}} {text}")
+    print(f"Heartbeat every {interval_ms} ms\n", flush=True)
 
 
 def require_display(parser, script: str) -> None:

@@ -16,8 +16,6 @@ over 100 ms. Needs an X server; on a headless machine run it under ``xvfb-run -a
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
 from pathlib import Path
 
 from _common import (
@@ -26,9 +24,10 @@ from _common import (
     add_common_args,
     apply_threads,
     folders_by_size,
+    isolated_session,
     machine_facts,
     measure,
-    print_machine_facts,
+    print_session_header,
     print_table,
     real_data_available,
     require_display,
@@ -108,10 +107,7 @@ def main(argv: list[str] | None = None) -> dict:
     require_display(parser, "gui.py")
 
     facts = machine_facts()
-    tmpdir = tempfile.TemporaryDirectory(prefix="lgg-gui-bench-")
-    tmp = Path(tmpdir.name)
-    # keep any autosave of the Segment dock out of the user's recovery folder
-    os.environ["LGG_SEG_RECOVERY_DIR"] = str(tmp / "recovery")
+    tmpdir, tmp = isolated_session("lgg-gui-bench-")
 
     import napari
 
@@ -119,10 +115,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     folder, patient_note = prepare_patient(args, tmp)
     checkpoint, model_note = prepare_checkpoint(args, tmp)
-    print_machine_facts(facts)
-    print(f"Patient: {folder.name}: {patient_note}")
-    print(f"Model:   {model_note}")
-    print(f"Heartbeat every {args.interval_ms} ms\n", flush=True)
+    print_session_header(facts, [("Patient", f"{folder.name}: {patient_note}"), ("Model", model_note)],
+                         args.interval_ms)
 
     viewer = napari.Viewer(show=True)
     phases: list[dict] = []

@@ -18,8 +18,6 @@ loop (QTimer heartbeat, as in gui.py). Needs an X server; on a headless machine 
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -29,10 +27,11 @@ from _common import (
     add_common_args,
     apply_threads,
     folders_by_size,
+    isolated_session,
     machine_facts,
     measure,
     pick_spread,
-    print_machine_facts,
+    print_session_header,
     print_table,
     real_data_available,
     require_display,
@@ -81,12 +80,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         parser.error("--patients must be at least 2")
 
     facts = machine_facts()
-    tmpdir = tempfile.TemporaryDirectory(prefix="lgg-workflow-bench-")
-    tmp = Path(tmpdir.name)
-    # nothing of the user's is read or written: settings, autosaves and napari's reader preferences go to tmp
-    os.environ["LGG_SEG_RECOVERY_DIR"] = str(tmp / "recovery")
-    os.environ["LGG_SEG_CONFIG_DIR"] = str(tmp / "config")
-    os.environ["NAPARI_CONFIG"] = str(tmp / "napari_settings.yaml")
+    tmpdir, tmp = isolated_session("lgg-workflow-bench-")
 
     import napari
 
@@ -95,10 +89,7 @@ def main(argv: list[str] | None = None) -> dict | None:
 
     root, root_note = prepare_root(args, tmp)
     checkpoint, model_note = prepare_checkpoint(args, tmp)
-    print_machine_facts(facts)
-    print(f"Patients: {root_note}")
-    print(f"Model:    {model_note}")
-    print(f"Heartbeat every {args.interval_ms} ms\n", flush=True)
+    print_session_header(facts, [("Patients", root_note), ("Model", model_note)], args.interval_ms)
 
     viewer = napari.Viewer(show=True)
     heartbeat = Heartbeat(args.interval_ms)
