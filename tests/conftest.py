@@ -62,6 +62,18 @@ def quiet_settings():
 
 
 @pytest.fixture(autouse=True)
+def _isolated_settings(tmp_path, monkeypatch):
+    """The plugin's remembered settings in a temporary folder, with automatic segmentation unticked: a root opened
+    by a test does not start the shipped model in the background (tests/test_workflow.py tests it ticked)."""
+    import json
+
+    folder = tmp_path / "settings-of-the-test"
+    folder.mkdir()
+    (folder / "settings.json").write_text(json.dumps({"auto_segment": False}))
+    monkeypatch.setenv("LGG_SEG_CONFIG_DIR", str(folder))
+
+
+@pytest.fixture(autouse=True)
 def _isolated_recovery_dir(tmp_path, monkeypatch):
     """Keep autosaved corrections of every test out of the user's real cache folder."""
     monkeypatch.setenv("LGG_SEG_RECOVERY_DIR", str(tmp_path / "recovery"))

@@ -14,13 +14,12 @@ def _recovery_dir(monkeypatch, tmp_path):
     monkeypatch.setenv("LGG_SEG_RECOVERY_DIR", str(tmp_path / "recovery"))
 
 
-@pytest.fixture(autouse=True)
-def _config_dir(monkeypatch, tmp_path):
-    monkeypatch.setenv("LGG_SEG_CONFIG_DIR", str(tmp_path / "config"))
-
-
 def patients_open(viewer) -> set:
-    return {layer.metadata.get("lgg_patient_id") for layer in viewer.layers}
+    """Patients with layers in the viewer (None: a layer of no patient); result layers parked for the next patient's
+    result (``_common.park_result_layers``) must be hidden, one voxel and of no patient, and are not counted."""
+    spares = [layer for layer in viewer.layers if layer.metadata.get("lgg_role") == "spare"]
+    assert all(not la.visible and la.data.size == 1 and set(la.metadata) == {"lgg_role"} for la in spares)
+    return {layer.metadata.get("lgg_patient_id") for layer in viewer.layers if not any(layer is s for s in spares)}
 
 
 def fail_ask(title, text):
@@ -85,7 +84,10 @@ def test_unedited_results_are_closed_with_the_patient(setup):
     viewer, browser, names = setup
     _prediction(viewer, names[0], edited=False)
     assert browser.next()
+    # its layers are off screen; its two result layers are parked for the next result (checked by patients_open)
     assert patients_open(viewer) == {names[1]}
+    assert sorted(la._type_string for la in viewer.layers if la.metadata.get("lgg_role") == "spare") == [
+        "image", "labels"]
 
 
 def test_unexported_corrections_ask_first(setup):
@@ -117,7 +119,8 @@ def test_unexported_corrections_ask_first(setup):
     browser.ask = fail_ask
     assert browser.previous()
     assert browser.next()
-    assert layer not in viewer.layers
+    assert patients_open(viewer) == {names[1]}  # exported: parked for the next result like any other result
+    assert layer.metadata == {"lgg_role": "spare"}
 
 
 def test_first_patient_layers_for_the_reader(make_napari_viewer, phantom_root):
@@ -168,9 +171,22 @@ def test_switching_never_removes_a_labels_layer_in_paint_mode(setup):
         lambda event: seen.append((viewer.layers[event.index].name, getattr(viewer.layers[event.index], "mode", None),
                                    viewer.layers[event.index] is viewer.layers.selection.active)))
     assert browser.next()
-    assert (layer.name, "pan_zoom", False) in seen
+    # not removed at all: parked for the next result, out of paint mode and not selected
+    assert layer in viewer.layers and layer.metadata == {"lgg_role": "spare"}
+    assert layer.mode == "pan_zoom" and viewer.layers.selection.active is not layer
     assert all(mode in (None, "pan_zoom") and not active for _, mode, active in seen)
     assert patients_open(viewer) == {names[1]}
+
+    # a correction not exported is removed (and kept by the browser): out of paint mode first
+    layer = _prediction(viewer, names[1], edited=True)
+    viewer.layers.selection.active = layer
+    layer.mode = "paint"
+    name = layer.name
+    browser.ask = lambda title, text: True
+    assert browser.next()
+    assert (name, "pan_zoom", False) in seen
+    assert all(mode in (None, "pan_zoom") and not active for _, mode, active in seen)
+    assert patients_open(viewer) == {names[2]}
 
 
 def _different_sizes_root(tmp_path):

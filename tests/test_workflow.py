@@ -213,3 +213,62 @@ def test_a_deleted_browser_leaves_no_shortcut(make_napari_viewer, qtbot, phantom
         browser.deleteLater()
     assert coerce_keybinding("PageDown") not in viewer.keymap
     press(viewer, "PageDown")  # nothing happens, nothing raises
+
+
+def test_opening_a_root_segments_its_first_patient(make_napari_viewer, qtbot, phantom_root, tmp_path):
+    """With a model at hand and "Segment automatically" ticked (the default), opening a root segments the patient
+    it opens with: the first patient costs no Segment click (issue 13: <= 1 action per patient)."""
+    from napari_lgg_seg.widgets.segment import segment_dock
+
+    viewer = make_napari_viewer()
+    seg = segment_dock(viewer)
+    assert seg.add_checkpoint(make_tiny_checkpoint(tmp_path / "tiny.pt"))
+    done = []
+    seg.segmentation_done.connect(lambda pid, layer, message: done.append(pid))
+    browser = open_browser(viewer, phantom_root)
+    first = browser.current_patient_id
+    qtbot.waitUntil(lambda: done == [first] and not seg.running, timeout=WAIT_MS)
+    assert f"{first} tumour" in viewer.layers and browser.states[first] == "segmented"
+
+    browser.auto_segment.value = False  # unticked (remembered): opening a root segments nothing
+    other = open_browser(make_napari_viewer(), phantom_root)
+    assert not other.auto_segment.value
+    qtbot.wait(300)
+    assert done == [first]
+
+
+def test_the_next_patients_result_reuses_the_previous_result_layers(ready, qtbot):
+    """Leaving a segmented patient parks its two result layers (hidden, one voxel, no patient); the next patient's
+    result refills them: no layer is removed or added (0.1-0.25 s of frozen window each in napari)."""
+    from napari_lgg_seg.widgets._common import ROLE_SPARE
+
+    viewer, browser, names = ready
+    pid, labels = segment_and_wait(qtbot, viewer, browser)
+    probability = viewer.layers[f"{pid} tumour probability"]
+    assert labels.mode == "paint"
+    removed = []
+    viewer.layers.events.removed.connect(lambda event: removed.append(event.value.name))
+
+    assert browser.next()
+    spares = [la for la in viewer.layers if la.metadata.get("lgg_role") == ROLE_SPARE]
+    assert {la.unique_id for la in spares} == {labels.unique_id, probability.unique_id} and removed == []
+    assert all(not la.visible and la.data.size == 1 for la in spares) and labels.mode == "pan_zoom"
+    assert getattr(viewer.layers.selection.active, "unique_id", None) != labels.unique_id
+    n_slices = viewer.layers[f"{names[1]} FLAIR"].data.shape[0]
+    assert viewer.dims.range[0].stop - viewer.dims.range[0].start <= n_slices  # spares do not stretch the slider
+    assert browser.states[names[0]] == "segmented"  # its state is remembered, not its layers
+
+    added = []
+    viewer.layers.events.inserted.connect(lambda event: added.append(event.value.name))
+    pid2, labels2 = segment_and_wait(qtbot, viewer, browser)
+    assert pid2 == names[1] and labels2.unique_id == labels.unique_id and added == [] and removed == []
+    assert labels.name == f"{names[1]} tumour" and labels.visible and labels.mode == "paint"
+    assert labels.data.shape == viewer.layers[f"{names[1]} FLAIR"].data.shape
+    assert viewer.layers[-1].unique_id == labels.unique_id == viewer.layers.selection.active.unique_id
+    assert viewer.layers[f"{names[1]} tumour probability"].unique_id == probability.unique_id
+    assert not any(la.metadata.get("lgg_role") == ROLE_SPARE for la in viewer.layers)
+    assert browser.states[names[1]] == "segmented"
+    z = labels.data.shape[0] // 2
+    labels.paint((z, 5, 5), 1, refresh=True)  # the brush works on the refilled layer, and counts as a correction
+    assert labels.data[z, 5, 5] == 1
+    qtbot.waitUntil(lambda: browser.states[names[1]] == "corrected", timeout=5_000)

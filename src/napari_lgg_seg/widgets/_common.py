@@ -24,6 +24,8 @@ PATIENT_META_KEYS = ("lgg_patient_id", "lgg_folder", "lgg_slice_numbers", "lgg_i
 ROLE_PREDICTION = "prediction"
 ROLE_PROBABILITY = "probability"
 ROLE_GROUND_TRUTH = "ground_truth"
+ROLE_SPARE = "spare"  # a result layer of a patient that left the screen, hidden and emptied, for the next result
+SPARE_NAMES = {"image": "spare result layer (probability)", "labels": "spare result layer (tumour)"}
 AI_MASK_KEY = "lgg_ai_mask"  # uint8 (Z, H, W) copy of the network's output, to count the user's edits
 EXPORTED_KEY = "lgg_exported_digest"  # mask_digest of the labels when they were last exported
 RESULT_KEY = "lgg_result_id"  # links a prediction layer to its probability layer
@@ -166,7 +168,7 @@ def find_patients(viewer) -> dict[str, PatientLayers]:
         meta = layer.metadata or {}
         pid = meta.get("lgg_patient_id")
         role = meta.get("lgg_role")
-        if role == ROLE_PROBABILITY:
+        if role in (ROLE_PROBABILITY, ROLE_SPARE):
             continue
         if pid and meta.get("lgg_channel"):
             found.setdefault(pid, PatientLayers(pid)).channels[meta["lgg_channel"]] = layer
@@ -229,6 +231,42 @@ def safe_remove_layers(viewer, layers) -> None:
     with deferred_full_gc(), batched():
         for layer in doomed:
             viewer.layers.remove(layer)
+
+
+def park_result_layers(viewer, layers) -> list:
+    """Keep result layers (probability image, tumour labels) of a patient leaving the screen for the next patient's
+    result, instead of removing them: napari needs 0.1-0.25 s of frozen window to remove a layer and as much to add
+    one, a few ms to refill one. A parked layer is hidden, emptied (one voxel: it does not stretch the dims slider),
+    named ``SPARE_NAMES`` and belongs to no patient. At most one of each type is kept; returns the layers that were
+    not parked (the caller removes them)."""
+    spare_types = {layer._type_string for layer in viewer.layers if _is_spare(layer)}
+    rest = []
+    for layer in layers:
+        kind = layer._type_string
+        if kind not in SPARE_NAMES or kind in spare_types or layer not in viewer.layers:
+            rest.append(layer)
+            continue
+        spare_types.add(kind)
+        if getattr(layer, "mode", "pan_zoom") != "pan_zoom":  # never a painting layer left behind (bug 1)
+            layer.mode = "pan_zoom"
+        if viewer.layers.selection.active is layer:
+            viewer.layers.selection.active = None
+        viewer.layers.selection.discard(layer)
+        layer.visible = False
+        layer.metadata = {"lgg_role": ROLE_SPARE}
+        layer.data = np.zeros((1,) * layer.ndim, np.asarray(layer.data).dtype)
+        layer.name = SPARE_NAMES[kind]
+    return rest
+
+
+def _is_spare(layer) -> bool:
+    return (layer.metadata or {}).get("lgg_role") == ROLE_SPARE
+
+
+def take_spare_layer(viewer, layer_type: str, ndim: int):
+    """A parked result layer of ``layer_type`` ("image" / "labels") and ``ndim`` for reuse, or None."""
+    return next((layer for layer in viewer.layers
+                 if _is_spare(layer) and layer._type_string == layer_type and layer.ndim == ndim), None)
 
 
 @contextlib.contextmanager

@@ -30,11 +30,13 @@ from ._common import (
     ai_mask_of,
     has_unexported_edits,
     notify,
+    park_result_layers,
     patient_of_layer,
     prediction_layers,
     qt_ask,
     safe_remove_layers,
     status_html,
+    take_spare_layer,
     tumour_layer,
 )
 from .workflow import EXPORTED, load_settings, patient_state, save_settings
@@ -102,7 +104,7 @@ class PatientBrowser(QWidget):
         self.export_root = FileEdit(mode="d", nullable=True, label="Export root",
                                     value=settings.get("export_root") or None,
                                     tooltip="Accept and next exports to EXPORT_ROOT/<PATIENT>/ (remembered)")
-        self.auto_segment = CheckBox(text="Segment the next patient automatically",
+        self.auto_segment = CheckBox(text="Segment automatically (on open, after Accept)",
                                      value=bool(settings.get("auto_segment", True)))
         self.accept_button = PushButton(text="Accept and next", tooltip="Export this patient's tumour layer, open "
                                         "the next patient not exported (and segment it)  [Shift-Enter]")
@@ -126,6 +128,7 @@ class PatientBrowser(QWidget):
         layout.addWidget(self.status_label)
         self._bind_keys()
         napari_viewer.layers.events.inserted.connect(self._on_layer_inserted)
+        napari_viewer.layers.events.renamed.connect(self._on_layer_renamed)  # a spare result layer reused
         napari_viewer.layers.events.removed.connect(self._refresh_current_state)
         self._update_nav()
         from .._viewer_hooks import install_viewer_hooks
@@ -161,8 +164,8 @@ class PatientBrowser(QWidget):
         self._kept.clear()
         self.refresh_states()
         self._say(f"{len(folders)} patients in {root}.")
-        if load:
-            self.show_patient(0)
+        if load and self.show_patient(0):
+            self._segment_on_open()
         self._update_nav()
         return len(folders)
 
@@ -180,8 +183,24 @@ class PatientBrowser(QWidget):
                 self._say(f"Patient {index + 1} of {len(self.folders)}: {patient_id}")
                 self._refresh_current_state()
                 self._prefetch_around(index)
+                self._segment_on_open()
                 break
         self._update_nav()
+
+    def _segment_on_open(self) -> None:
+        """With automatic segmentation ticked, segment the patient a root opens with (unless it has a tumour layer),
+        when a model is at hand (the Segment dock's or the shipped one): no Segment click for the first patient."""
+        from qtpy.QtCore import QTimer
+
+        from ..model import default_model_path
+        from ._common import current_model_path
+
+        pid = self.current_patient_id
+        if not self.auto_segment.value or pid is None or tumour_layer(self.viewer, pid) is not None:
+            return
+        if current_model_path() is None and default_model_path() is None:
+            return
+        QTimer.singleShot(0, lambda: self._segment_when_idle(pid, tries=100))
 
     def first_patient_layers(self) -> list[tuple]:
         """Layer-data tuples of the first patient, marked as the open one (the dataset-root reader returns them)."""
@@ -292,7 +311,7 @@ class PatientBrowser(QWidget):
         from .. import recovery
 
         shape = None
-        doomed, kept = [], []
+        doomed, kept, results = [], [], []
         for layer in list(self.viewer.layers):
             if patient_of_layer(layer) != patient_id:
                 continue
@@ -303,12 +322,11 @@ class PatientBrowser(QWidget):
             if _is_reader_layer(layer):
                 if not keep_reader_layers:
                     doomed.append(layer)
-            elif role == ROLE_PROBABILITY:
+            elif role == ROLE_PREDICTION and has_unexported_edits(layer):
                 doomed.append(layer)
-            elif role == ROLE_PREDICTION:
-                doomed.append(layer)
-                if has_unexported_edits(layer):
-                    kept.append(layer)
+                kept.append(layer)
+            elif role in (ROLE_PROBABILITY, ROLE_PREDICTION):
+                results.append(layer)
         for layer in kept:
             layer.visible = False
             try:
@@ -318,6 +336,8 @@ class PatientBrowser(QWidget):
                 notify(f"Could not autosave {layer.name}: {err}", "warning")
         if kept:
             self._kept[patient_id] = kept
+        # the next patient's result refills them (Segment dock): no layer removed now, none added then
+        doomed += park_result_layers(self.viewer, results) if keep_reader_layers else results
         safe_remove_layers(self.viewer, doomed)
         return shape
 
@@ -341,6 +361,10 @@ class PatientBrowser(QWidget):
             if old is not None and old._type_string != layer_type:
                 reusable[key] = old
                 old = None
+            if old is None and (kwargs.get("metadata") or {}).get("lgg_role") == ROLE_PREDICTION:
+                old = take_spare_layer(self.viewer, layer_type, np.ndim(data))  # an output folder's tumour layer
+                if old is not None:
+                    old.visible = True
             plan.append((old, data, kwargs, layer_type))
         safe_remove_layers(self.viewer, list(reusable.values()))  # e.g. a ground truth the next patient lacks
         for old, _data, kwargs, _type in plan:  # metadata first: whoever reacts to the new data or name sees it
@@ -417,6 +441,16 @@ class PatientBrowser(QWidget):
         if hasattr(layer.events, "paint"):  # any Labels: its role may be set after insertion
             layer.events.paint.connect(self._refresh_soon)  # emitted before data_setitem writes the data
         self._refresh_current_state()
+
+    def _on_layer_renamed(self, event) -> None:
+        try:
+            layer = self.viewer.layers[event.index]
+        except (IndexError, TypeError):
+            return
+        pid = patient_of_layer(layer)
+        if (layer.metadata or {}).get("lgg_role") == ROLE_PREDICTION and pid:
+            self._segmented.add(pid)
+            self._refresh_current_state()
 
     def _state(self, patient_id: str) -> str:
         return patient_state(self.viewer, patient_id, self.export_root.value, self._kept.get(patient_id, ()),

@@ -52,6 +52,7 @@ from ._common import (
     safe_remove_layers,
     set_current_model_path,
     status_html,
+    take_spare_layer,
     tumour_layer,
     volume_readout,
     voxels_changed,
@@ -118,6 +119,15 @@ def _later(callback, delay_ms: int = 0) -> None:
             pass
 
     QTimer.singleShot(delay_ms, run)
+
+
+def _reuse(viewer, layer, data: np.ndarray, metadata: dict, name: str, geometry: dict) -> None:
+    """Refill a parked result layer (``_common.park_result_layers``) with a new result, on top of the list."""
+    layer.metadata = metadata
+    layer.scale, layer.translate = geometry["scale"], geometry["translate"]
+    layer.data = data
+    layer.name = name
+    viewer.layers.move(viewer.layers.index(layer), len(viewer.layers))
 
 
 def _wrap(label: Label, rich: bool = False) -> Label:
@@ -583,6 +593,10 @@ class SegmentWidget(Container):
                 return
             if old is not None:
                 safe_remove_layers(self.viewer, [old])
+            spare = take_spare_layer(self.viewer, "image", probs.ndim)  # the previous patient's, parked
+            if spare is not None:
+                _reuse(self.viewer, spare, probs, prob_meta, f"{pid} tumour probability", geometry)
+                return
             self.viewer.add_image(probs, name=f"{pid} tumour probability", visible=False, colormap="magma",
                                   contrast_limits=(0.0, 1.0), metadata=prob_meta, multiscale=False, **geometry)
 
@@ -591,6 +605,11 @@ class SegmentWidget(Container):
             if labels is not None and labels in self.viewer.layers:
                 labels.metadata = label_meta
                 labels.data = mask
+            elif (labels := take_spare_layer(self.viewer, "labels", mask.ndim)) is not None:
+                labels.colormap, labels.opacity, labels.contour = labels_colormap(TUMOUR_COLOR), 0.6, 0
+                _reuse(self.viewer, labels, mask, label_meta, name, geometry)
+                labels.visible = True
+                self._watch_labels(labels)
             else:
                 labels = self.viewer.add_labels(mask, name=name, opacity=0.6, metadata=label_meta,
                                                 colormap=labels_colormap(TUMOUR_COLOR), multiscale=False, **geometry)
