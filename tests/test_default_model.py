@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import make_tiny_checkpoint
-from napari_lgg_seg.inference import PostProcessing, postprocess, predict_volume
+from napari_lgg_seg.inference import PostProcessing, postprocess, predict_any_size
 from napari_lgg_seg.metrics import dice
 from napari_lgg_seg.model import default_model_path, load_model, read_checkpoint
 from napari_lgg_seg.sample import make_phantom
@@ -55,7 +55,8 @@ def test_model_card_is_complete_portable_and_split_by_patient():
 def test_default_model_segments_the_sample_phantom():
     loaded = load_model(default_model_path())
     images, truth = make_phantom(n_slices=16, seed=0)
-    probs = predict_volume(loaded.model, images, device="cpu", batch_size=8)
+    # the product path: the model runs at its own size (the card's image_size) and the result is pasted back
+    probs = predict_any_size(loaded.model, images, size=loaded.training_size, device="cpu", batch_size=8)
     mask = postprocess(probs, PostProcessing.from_dict(loaded.inference_defaults))
     assert dice(mask, truth) > 0.8
 
