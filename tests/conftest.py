@@ -62,13 +62,12 @@ def quiet_settings():
 
 
 @pytest.fixture(autouse=True)
-def _isolated_settings(tmp_path, monkeypatch):
+def _isolated_settings(tmp_path_factory, monkeypatch):
     """The plugin's remembered settings in a temporary folder, with automatic segmentation unticked: a root opened
     by a test does not start the shipped model in the background (tests/test_workflow.py tests it ticked)."""
     import json
 
-    folder = tmp_path / "settings-of-the-test"
-    folder.mkdir()
+    folder = tmp_path_factory.mktemp("settings")  # not in tmp_path: tests list what they wrote there
     (folder / "settings.json").write_text(json.dumps({"auto_segment": False}))
     monkeypatch.setenv("LGG_SEG_CONFIG_DIR", str(folder))
 

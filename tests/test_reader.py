@@ -67,6 +67,7 @@ def test_flair_is_on_top_in_the_viewer(make_napari_viewer, phantom_patient):
     top_visible = [layer for layer in viewer.layers if layer.visible][-1]
     assert top_visible.name == f"{pid} FLAIR"
     assert viewer.dims.nsteps[0] == 12
+    assert tuple(viewer.dims.axis_labels) == ("slice", "y", "x")  # the slider says "slice", not "0" (issue 13)
 
 
 def test_flair_contrast_comes_from_the_patients_own_head_voxels(phantom_patient):

@@ -237,6 +237,26 @@ def test_opening_a_root_segments_its_first_patient(make_napari_viewer, qtbot, ph
     assert done == [first]
 
 
+def test_a_segment_click_before_the_automatic_one_segments_once(make_napari_viewer, qtbot, phantom_root,
+                                                                   tmp_path):
+    """The user presses Segment as the root opens, before the automatic segmentation starts: the automatic one
+    then waits for that run and, finding the patient segmented, does not segment it a second time."""
+    from napari_lgg_seg.widgets.segment import segment_dock
+
+    viewer = make_napari_viewer()
+    seg = segment_dock(viewer)
+    assert seg.add_checkpoint(make_tiny_checkpoint(tmp_path / "tiny.pt"))
+    done = []
+    seg.segmentation_done.connect(lambda pid, layer, message: done.append(pid))
+    browser = open_browser(viewer, phantom_root)
+    assert browser.segment() is not None  # before the event loop turns: the automatic run is still queued
+    first = browser.current_patient_id
+    qtbot.waitUntil(lambda: done == [first] and not seg.running, timeout=WAIT_MS)
+    qtbot.wait(600)  # the automatic run re-checks every 0.2 s while the dock is busy
+    assert done == [first] and not seg.running
+    assert [la.name for la in viewer.layers].count(f"{first} tumour") == 1
+
+
 def test_the_next_patients_result_reuses_the_previous_result_layers(ready, qtbot):
     """Leaving a segmented patient parks its two result layers (hidden, one voxel, no patient); the next patient's
     result refills them: no layer is removed or added (0.1-0.25 s of frozen window each in napari)."""
@@ -256,6 +276,7 @@ def test_the_next_patients_result_reuses_the_previous_result_layers(ready, qtbot
     assert getattr(viewer.layers.selection.active, "unique_id", None) != labels.unique_id
     n_slices = viewer.layers[f"{names[1]} FLAIR"].data.shape[0]
     assert viewer.dims.range[0].stop - viewer.dims.range[0].start <= n_slices  # spares do not stretch the slider
+    assert tuple(viewer.dims.axis_labels) == ("slice", "y", "x")
     assert browser.states[names[0]] == "segmented"  # its state is remembered, not its layers
 
     added = []

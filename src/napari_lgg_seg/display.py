@@ -63,6 +63,9 @@ def channel_contrast_limits(images: np.ndarray, step: int = 2) -> list[tuple[flo
     return [contrast_limits(sub[..., c], head) for c in range(sub.shape[-1])]
 
 
+AXIS_LABELS = ("slice", "y", "x")  # napari's dims slider names the slice axis (not "0")
+
+
 def patient_layer_data(patient: Patient, dataset_root: str | None = None) -> list[tuple]:
     """napari layer-data tuples of a patient: pre/post hidden, FLAIR visible on top, ground truth as an outline.
 
@@ -81,14 +84,14 @@ def patient_layer_data(patient: Patient, dataset_root: str | None = None) -> lis
         layers.append((
             channel,
             {"name": f"{patient.patient_id} {CHANNEL_NAMES[c]}", "colormap": "gray", "blending": "translucent",
-             "opacity": 1.0, "visible": c == FLAIR_CHANNEL, "contrast_limits": limits[c],
+             "opacity": 1.0, "visible": c == FLAIR_CHANNEL, "contrast_limits": limits[c], "axis_labels": AXIS_LABELS,
              "metadata": {**meta, "lgg_channel": CHANNEL_NAMES[c], "lgg_rgb_source": c == FLAIR_CHANNEL}},
             "image",
         ))
     if patient.masks is not None:
         layers.append((
             patient.masks,
-            {"name": f"{patient.patient_id} ground truth", "opacity": 1.0, "visible": False,
+            {"name": f"{patient.patient_id} ground truth", "opacity": 1.0, "visible": False, "axis_labels": AXIS_LABELS,
              "colormap": labels_colormap(TRUTH_COLOR),
              "metadata": {**meta, "lgg_role": ROLE_GROUND_TRUTH, CONTOUR_KEY: TRUTH_CONTOUR}},
             "labels",
@@ -100,5 +103,5 @@ def tumour_layer_data(patient: Patient, masks: np.ndarray, extra_metadata: dict 
     """A ``<PATIENT> tumour`` Labels layer-data tuple (an AI result to correct), coloured like the segment dock's."""
     masks = (np.asarray(masks) > 0).astype(np.uint8)
     meta = {**patient.metadata(), "lgg_role": ROLE_PREDICTION, "lgg_ai_mask": masks.copy(), **(extra_metadata or {})}
-    return (masks, {"name": f"{patient.patient_id} tumour", "opacity": 0.5,
+    return (masks, {"name": f"{patient.patient_id} tumour", "opacity": 0.5, "axis_labels": AXIS_LABELS,
                     "colormap": labels_colormap(TUMOUR_COLOR), "metadata": meta}, "labels")

@@ -22,6 +22,8 @@ import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+NICENESS = 10  # the child's scheduling priority below the napari process's (CPU time goes to the GUI first)
+
 
 def checkpoint_training_size(path: str | None) -> int:
     """The slice size a checkpoint was trained on (``model.training_size`` of its config)."""
@@ -80,6 +82,11 @@ def main() -> int:
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     job = json.loads(sys.stdin.readline() or "{}")
+    if hasattr(os, "nice"):  # the window first: on 2 cores the training threads otherwise delay its event loop
+        try:
+            os.nice(NICENESS)
+        except OSError:
+            pass
 
     def watch_stdin() -> None:
         for line in sys.stdin:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 from magicgui.widgets import CheckBox, Container, FileEdit, Label, PushButton
+from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
     QApplication,
     QFileDialog,
@@ -97,7 +98,7 @@ class PatientBrowser(QWidget):
         self.states: dict[str, str] = {}
         # the neighbours of the open patient are read (and their contrast computed) in a thread, ahead of the click
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lgg-browser-prefetch")
-        self._prefetched: dict[Path, tuple[tuple, Future]] = {}
+        self._prefetched: dict[Path, Future] = {}  # folder -> (its signature, _read(folder)) read in the pool
         pool, prefetched = self._pool, self._prefetched
         self.destroyed.connect(lambda *_: _shutdown(pool, prefetched))
         settings = load_settings()
@@ -190,8 +191,6 @@ class PatientBrowser(QWidget):
     def _segment_on_open(self) -> None:
         """With automatic segmentation ticked, segment the patient a root opens with (unless it has a tumour layer),
         when a model is at hand (the Segment dock's or the shipped one): no Segment click for the first patient."""
-        from qtpy.QtCore import QTimer
-
         from ..model import default_model_path
         from ._common import current_model_path
 
@@ -275,15 +274,20 @@ class PatientBrowser(QWidget):
     def _loaded(self, folder: Path) -> tuple[Patient, list[tuple], list[tuple]]:
         """``(patient, extra layer tuples, patient layer tuples)`` of ``folder``: the prefetched copy when the folder's
         files have not changed since it was read, else read now (with a wait cursor). Raises LGGFormatError."""
-        entry = self._prefetched.pop(folder, None)
-        if entry is not None and not entry[1].cancelled() and entry[0] == _signature(folder):
-            if entry[1].done():
-                return entry[1].result()
-            QApplication.setOverrideCursor(_wait_cursor())
+        future = self._prefetched.pop(folder, None)
+        if future is not None and not future.cancelled():
+            waiting = not future.done()
+            if waiting:
+                QApplication.setOverrideCursor(_wait_cursor())
             try:
-                return entry[1].result()
+                signature, loaded = future.result()
+            except Exception:  # noqa: BLE001 - read again below: the message is then about the files as they are now
+                signature = None
             finally:
-                QApplication.restoreOverrideCursor()
+                if waiting:
+                    QApplication.restoreOverrideCursor()
+            if signature is not None and signature == _signature(folder):
+                return loaded
         QApplication.setOverrideCursor(_wait_cursor())
         try:
             return _read(folder)
@@ -295,11 +299,11 @@ class PatientBrowser(QWidget):
         wanted = [self.folders[i] for i in (index + 1, index - 1) if 0 <= i < len(self.folders)]
         for folder in list(self._prefetched):
             if folder not in wanted:
-                self._prefetched.pop(folder)[1].cancel()
+                self._prefetched.pop(folder).cancel()
         for folder in wanted:
             if folder not in self._prefetched:
                 try:
-                    self._prefetched[folder] = (_signature(folder), self._pool.submit(_read, folder))
+                    self._prefetched[folder] = self._pool.submit(_read_signed, folder)
                 except RuntimeError:  # the pool was shut down (the dock is closing)
                     return
 
@@ -470,7 +474,6 @@ class PatientBrowser(QWidget):
             self._show_state(index)
 
     def _refresh_soon(self, *_args) -> None:
-        from qtpy.QtCore import QTimer
 
         QTimer.singleShot(0, self._refresh_current_state)
 
@@ -480,13 +483,21 @@ class PatientBrowser(QWidget):
 
     def next_not_exported(self) -> bool:
         """Open the next patient (after the current one, wrapping around) not exported yet."""
+        index = self.next_not_exported_index()
+        if index is None:
+            n = len(self.folders)
+            self._say(f"All {n} patients are exported to {self.export_root.value}." if n else "Open a dataset root.")
+            return False
+        return self.show_patient(index)
+
+    def next_not_exported_index(self) -> int | None:
+        """Index of the next patient (after the current one, wrapping around) not exported yet; None if none."""
         n = len(self.folders)
         for step in range(1, n + 1):
             index = (self.current_index + step) % n
             if index != self.current_index and self._state(self.folders[index].name) != EXPORTED:
-                return self.show_patient(index)
-        self._say(f"All {n} patients are exported to {self.export_root.value}." if n else "Open a dataset root.")
-        return False
+                return index
+        return None
 
     def accept_and_next(self) -> bool:
         """Export the current patient's tumour layer to the export root, open the next patient not exported and
@@ -548,7 +559,13 @@ class PatientBrowser(QWidget):
             notify(f"Accepted {job.patient_id}: exported to {result}.")
             self._refresh_current_state()
             if job.patient_id == self.current_patient_id:
-                self._move_on()
+                if self.next_not_exported_index() is None:
+                    self._move_on()  # says that all are exported; the accepted result stays on screen
+                    return
+                # two event-loop turns instead of one long one: the accepted patient's results are parked now
+                # (exported: nothing to lose), the next patient opens in the next turn
+                self._park_results(job.patient_id)
+                QTimer.singleShot(1, lambda: self._move_on_from(job.patient_id))
             else:  # the user opened another patient while it was written: only its state changes
                 for index, folder in enumerate(self.folders):
                     if folder.name == job.patient_id:
@@ -564,22 +581,34 @@ class PatientBrowser(QWidget):
             return self._refuse(f"Export of {pid} failed: {err}")
         raise err
 
+    def _park_results(self, patient_id: str) -> None:
+        """Park the patient's probability and exported (unedited since) tumour layers for the next patient's result."""
+        results = [layer for layer in self.viewer.layers if patient_of_layer(layer) == patient_id
+                   and (layer.metadata or {}).get("lgg_role") in (ROLE_PROBABILITY, ROLE_PREDICTION)
+                   and not has_unexported_edits(layer)]
+        safe_remove_layers(self.viewer, park_result_layers(self.viewer, results))
+
+    def _move_on_from(self, patient_id: str) -> None:
+        if patient_id == self.current_patient_id:  # not moved elsewhere meanwhile
+            self._move_on()
+
     def _move_on(self) -> bool:
         """After an accepted export: open the next patient not exported and (when ticked) segment it."""
         if not self.next_not_exported():
             return False
-        if self.auto_segment.value:
-            self._segment_when_idle(self.current_patient_id, tries=100)
+        if self.auto_segment.value:  # in its own event-loop turn: the switch above is one already
+            pid = self.current_patient_id
+            QTimer.singleShot(1, lambda: self._segment_when_idle(pid, tries=100))
         return True
 
     def _segment_when_idle(self, patient_id: str | None, tries: int) -> None:
         """Segment ``patient_id`` once the Segment dock has finished its previous run (checked every 0.2 s)."""
-        from qtpy.QtCore import QTimer
 
         from .segment import segment_dock
 
-        if patient_id is None or patient_id != self.current_patient_id:
-            return
+        if (patient_id is None or patient_id != self.current_patient_id
+                or tumour_layer(self.viewer, patient_id) is not None):
+            return  # moved on, or segmented meanwhile (e.g. by a Segment click while the dock was busy)
         if segment_dock(self.viewer).running and tries > 0:
             QTimer.singleShot(200, lambda: self._segment_when_idle(patient_id, tries - 1))
             return
@@ -648,7 +677,16 @@ def _refill(layer, data, kwargs: dict) -> None:
         if key in ("scale", "translate"):
             if np.array_equal(np.asarray(getattr(layer, key)), np.broadcast_to(value, np.shape(getattr(layer, key)))):
                 continue
+        elif key != "colormap" and _same(getattr(layer, key), value):
+            continue  # napari redraws the canvas for every set, changed or not (a visibility set: 5-10 ms)
         setattr(layer, key, value)
+
+
+def _same(current, value) -> bool:
+    try:
+        return bool(np.array_equal(np.asarray(current, dtype=float), np.asarray(value, dtype=float)))
+    except (TypeError, ValueError):
+        return str(current) == str(value)
 
 
 def _move_to_top(viewer, layers: list) -> None:
@@ -682,6 +720,13 @@ def _read(folder: Path) -> tuple[Patient, list[tuple], list[tuple]]:
     return patient, extra_layers, patient_layer_data(patient)
 
 
+def _read_signed(folder: Path) -> tuple[tuple, tuple[Patient, list[tuple], list[tuple]]]:
+    """The prefetch (any thread): the folder's signature taken before ``_read(folder)``; the copy is used only while
+    the signature is unchanged (a file written meanwhile makes them differ)."""
+    signature = _signature(folder)
+    return signature, _read(folder)
+
+
 def _write_export(job):
     """Worker: write the export; the refusals come back as values (napari would show an error raised in a worker as a
     traceback notification)."""
@@ -692,7 +737,7 @@ def _write_export(job):
 
 
 def _shutdown(pool: ThreadPoolExecutor, prefetched: dict) -> None:
-    for _, future in prefetched.values():
+    for future in prefetched.values():
         future.cancel()
     prefetched.clear()
     pool.shutdown(wait=False, cancel_futures=True)

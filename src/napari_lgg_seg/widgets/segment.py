@@ -125,6 +125,8 @@ def _reuse(viewer, layer, data: np.ndarray, metadata: dict, name: str, geometry:
     """Refill a parked result layer (``_common.park_result_layers``) with a new result, on top of the list."""
     layer.metadata = metadata
     layer.scale, layer.translate = geometry["scale"], geometry["translate"]
+    if tuple(layer.axis_labels) != tuple(geometry["axis_labels"]):
+        layer.axis_labels = geometry["axis_labels"]
     layer.data = data
     layer.name = name
     viewer.layers.move(viewer.layers.index(layer), len(viewer.layers))
@@ -575,7 +577,7 @@ class SegmentWidget(Container):
 
         pid, ref, rid = patient.patient_id, patient.reference, uuid.uuid4().hex
         name = f"{pid} tumour"
-        geometry = {"scale": ref.scale, "translate": ref.translate}
+        geometry = {"scale": ref.scale, "translate": ref.translate, "axis_labels": ref.axis_labels}
         settings = settings if settings is not None else self.settings()
         prob_meta = {**patient.metadata(), "lgg_role": ROLE_PROBABILITY, RESULT_KEY: rid}
         label_meta = {**patient.metadata(), "lgg_role": ROLE_PREDICTION, RESULT_KEY: rid, "lgg_model": loaded.path,
@@ -616,6 +618,10 @@ class SegmentWidget(Container):
                 self._watch_labels(labels)
             state["labels"] = labels
 
+        def select_labels() -> None:  # napari builds the layer's controls on first selection: a turn of its own
+            state["labels"].selected_label, state["labels"].brush_size = 1, 10
+            self.viewer.layers.selection.active = state["labels"]
+
         def ready_for_the_brush() -> None:
             labels = state["labels"]
             self._ready_for_the_brush(labels)
@@ -627,7 +633,7 @@ class SegmentWidget(Container):
                 notify(f"{pid}: the model found no tumour at threshold {settings.threshold:.2f}", "info")
 
         self._adding_result = True
-        self._run_gui_steps(patient, [place_probabilities, place_labels, ready_for_the_brush])
+        self._run_gui_steps(patient, [place_probabilities, place_labels, select_labels, ready_for_the_brush])
 
     def _end_adding(self) -> None:
         self._adding_result, self._job = False, None
@@ -749,7 +755,7 @@ class SegmentWidget(Container):
             meta[AI_MASK_KEY] = rec.ai_mask.reshape(shape)
         layer = self.viewer.add_labels(mask, name=f"{patient.patient_id} tumour (recovered)", opacity=0.6,
                                        colormap=labels_colormap(TUMOUR_COLOR), metadata=meta, scale=ref.scale,
-                                       translate=ref.translate)
+                                       translate=ref.translate, axis_labels=ref.axis_labels)
         self._last_autosave[id(layer)] = mask_digest(mask)
         self._watch_labels(layer)
         self._ready_for_the_brush(layer)
