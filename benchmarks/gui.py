@@ -196,7 +196,7 @@ def browser_phases(args, viewer, heartbeat: Heartbeat, folder: Path) -> list[dic
         phases.append(measure(f"browser {label} #{i + 1} ({what}, {browser.folders[target].name[:12]}…)",
                               heartbeat, action, settle_s=1.0))
         if browser.current_index != target:
-            phases[-1]["note"] += f" did not switch: {browser.status_label.text()}"
+            phases[-1]["note"] += f" did not switch: {browser.status_label.value}"
     return phases
 
 

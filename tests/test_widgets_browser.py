@@ -43,10 +43,10 @@ def test_next_and_previous_switch_patients(setup, phantom_root):
     assert browser.list.count() == 3
     assert patients_open(viewer) == {names[0]}
     assert [layer.name for layer in viewer.layers][-2] == f"{names[0]} FLAIR"
-    assert not browser.prev_button.isEnabled() and browser.next_button.isEnabled()
+    assert not browser.prev_button.enabled and browser.next_button.enabled
     extra = viewer.add_points(np.zeros((1, 3)), name="my notes")  # not a patient layer: kept
 
-    browser.next_button.click()
+    browser.next_button.native.click()
     assert patients_open(viewer) == {names[1], None}
     assert [layer.name for layer in viewer.layers] == [
         "my notes", f"{names[1]} pre-contrast", f"{names[1]} post-contrast", f"{names[1]} FLAIR",
@@ -54,13 +54,13 @@ def test_next_and_previous_switch_patients(setup, phantom_root):
     np.testing.assert_array_equal(viewer.layers[f"{names[1]} FLAIR"].data,
                                   load_patient(phantom_root / names[1]).images[..., 1])
     assert browser.list.currentRow() == 1 and browser.current_patient_id == names[1]
-    assert "Patient 2 of 3" in browser.status_label.text()
+    assert "Patient 2 of 3" in browser.status_label.value
 
     assert browser.next()
     assert patients_open(viewer) == {names[2], None}
-    assert not browser.next_button.isEnabled() and not browser.next()
-    browser.prev_button.click()
-    browser.prev_button.click()
+    assert not browser.next_button.enabled and not browser.next()
+    browser.prev_button.native.click()
+    browser.prev_button.native.click()
     assert patients_open(viewer) == {names[0], None}
     assert extra in viewer.layers
     browser.list.setCurrentRow(2)  # clicking in the list
@@ -146,7 +146,7 @@ def test_unreadable_patient_keeps_the_current_one(setup, phantom_root):
     viewer, browser, names = setup
     (phantom_root / names[1] / f"{names[1]}_4.tif").write_bytes(b"II*\x00broken")
     assert not browser.next()
-    assert f"{names[1]}_4.tif" in browser.status_label.text()
+    assert f"{names[1]}_4.tif" in browser.status_label.value
     assert patients_open(viewer) == {names[0]} and browser.list.currentRow() == 0
 
 
@@ -156,8 +156,8 @@ def test_root_without_patients(make_napari_viewer, tmp_path):
     viewer = make_napari_viewer()
     browser = PatientBrowser(viewer)
     assert browser.set_root(tmp_path) == 0
-    assert "No patient folders" in browser.status_label.text()
-    assert not browser.next_button.isEnabled() and not browser.prev_button.isEnabled()
+    assert "No patient folders" in browser.status_label.value
+    assert not browser.next_button.enabled and not browser.prev_button.enabled
 
 
 def test_switching_never_removes_a_labels_layer_in_paint_mode(setup):

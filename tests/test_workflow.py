@@ -121,10 +121,10 @@ def test_accept_and_next_refuses_clearly(ready, qtbot, tmp_path):
     viewer, browser, names = ready
     assert browser.export_root.value is None
     assert not browser.accept_and_next()  # no tumour layer, no export root
-    assert "export root" in browser.status_label.text() and browser.current_patient_id == names[0]
+    assert "export root" in browser.status_label.value and browser.current_patient_id == names[0]
     browser.export_root.value = tmp_path / "out"
     assert not browser.accept_and_next()
-    assert f"{names[0]} has no tumour layer" in browser.status_label.text()
+    assert f"{names[0]} has no tumour layer" in browser.status_label.value
     assert browser.current_patient_id == names[0] and not (tmp_path / "out").exists()
     assert f"{names[0]} ground truth" in viewer.layers  # never exported as a correction
 
@@ -132,7 +132,7 @@ def test_accept_and_next_refuses_clearly(ready, qtbot, tmp_path):
     (tmp_path / "out" / names[0]).mkdir(parents=True)  # an earlier export of the same patient
     (tmp_path / "out" / names[0] / f"{names[0]}_1_mask.tif").write_bytes(b"mine")
     assert not browser.accept_and_next()
-    assert "Nothing was written" in browser.status_label.text() and browser.current_patient_id == names[0]
+    assert "Nothing was written" in browser.status_label.value and browser.current_patient_id == names[0]
     assert (tmp_path / "out" / names[0] / f"{names[0]}_1_mask.tif").read_bytes() == b"mine"
 
 
@@ -209,8 +209,8 @@ def test_a_deleted_browser_leaves_no_shortcut(make_napari_viewer, qtbot, phantom
     viewer = make_napari_viewer()
     browser = PatientBrowser(viewer, root=str(phantom_root))
     assert coerce_keybinding("PageDown") in viewer.keymap
-    with qtbot.waitSignal(browser.destroyed):
-        browser.deleteLater()
+    with qtbot.waitSignal(browser.native.destroyed):
+        browser.native.deleteLater()
     assert coerce_keybinding("PageDown") not in viewer.keymap
     press(viewer, "PageDown")  # nothing happens, nothing raises
 

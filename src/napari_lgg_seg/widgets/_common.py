@@ -369,6 +369,21 @@ def disconnector(connections: list):
 ERROR_COLOUR = "#e05050"
 
 
+def wrapped_label(label, rich: bool = False, selectable: bool = False):
+    """A magicgui ``Label`` that wraps its text in the dock's width; ``rich`` for ``status_html`` text (escaped, so
+    Qt must not guess the format), ``selectable`` to let the user copy it (paths in messages)."""
+    from qtpy.QtCore import Qt
+    from qtpy.QtWidgets import QSizePolicy
+
+    label.native.setWordWrap(True)
+    label.native.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
+    if rich:
+        label.native.setTextFormat(Qt.TextFormat.RichText)
+    if selectable:
+        label.native.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+    return label
+
+
 def status_html(text: str, error: bool = False) -> str:
     """Rich text for a status label: ``text`` escaped (paths may hold ``<``/``&``), in red for an error."""
     text = html.escape(text)

@@ -10,17 +10,7 @@ from pathlib import Path
 import numpy as np
 from magicgui.widgets import CheckBox, Container, FileEdit, Label, PushButton
 from qtpy.QtCore import QTimer
-from qtpy.QtWidgets import (
-    QApplication,
-    QFileDialog,
-    QHBoxLayout,
-    QLabel,
-    QLineEdit,
-    QListWidget,
-    QPushButton,
-    QVBoxLayout,
-    QWidget,
-)
+from qtpy.QtWidgets import QApplication, QListWidget
 
 from .._reader import load_folder, mask_folder_source
 from ..io import LGGFormatError, Patient, find_patient_folders, is_patient_folder, load_patient
@@ -39,6 +29,7 @@ from ._common import (
     status_html,
     take_spare_layer,
     tumour_layer,
+    wrapped_label,
 )
 from .workflow import EXPORTED, load_settings, patient_state, save_settings
 
@@ -57,50 +48,35 @@ def _is_reader_layer(layer) -> bool:
     return bool(meta.get("lgg_channel")) or meta.get("lgg_role") == ROLE_GROUND_TRUTH
 
 
-class PatientBrowser(QWidget):
+class PatientBrowser(Container):
     """List the patients under a dataset root; Previous / Next / a click swaps the open patient.
 
     ``ask(title, text) -> bool`` asks before leaving unexported corrections; replace it in tests.
     """
 
-    def __init__(self, napari_viewer, root: str = "", load_first: bool = True, parent=None) -> None:
-        super().__init__(parent)
+    def __init__(self, napari_viewer, root: str = "", load_first: bool = True) -> None:
         self.viewer = napari_viewer
-        self.ask = qt_ask(self)
         self.root: Path | None = None
         self.folders: list[Path] = []
         self.current_index = -1
         self.current_patient_id: str | None = None
+        self._setting_root = False
 
-        self.root_edit = QLineEdit()
-        self.root_edit.setPlaceholderText("dataset root: a folder of patient folders")
-        self.root_edit.returnPressed.connect(lambda: self.set_root(self.root_edit.text()))
-        browse = QPushButton("Browse…")
-        browse.clicked.connect(self._browse)
-        top = QHBoxLayout()
-        top.addWidget(self.root_edit, 1)
-        top.addWidget(browse)
+        self.root_edit = FileEdit(mode="d", nullable=True, label="Dataset root",
+                                  tooltip="A folder of patient folders: type it and press Enter, or choose it")
+        self.root_edit.line_edit.native.setPlaceholderText("a folder of patient folders")
+        self.prev_button = PushButton(text="◀ Previous")
+        self.next_button = PushButton(text="Next ▶")
+        nav = Container(widgets=[self.prev_button, self.next_button], layout="horizontal", labels=False)
+        nav.margins = (0, 0, 0, 0)
+        # one row per patient with its state: magicgui's list widget (Select) is a multi-choice control
         self.list = QListWidget()
         self.list.setMinimumHeight(120)  # at least ~7 patients visible
-        self.list.currentRowChanged.connect(self._on_row_changed)
-        self.prev_button = QPushButton("◀ Previous")
-        self.prev_button.clicked.connect(self.previous)
-        self.next_button = QPushButton("Next ▶")
-        self.next_button.clicked.connect(self.next)
-        nav = QHBoxLayout()
-        nav.addWidget(self.prev_button)
-        nav.addWidget(self.next_button)
-        self.status_label = QLabel()
-        self.status_label.setWordWrap(True)
+        self.status_label = wrapped_label(Label(), rich=True)
         self._kept: dict[str, list] = {}  # corrections not yet exported of patients not on screen (bug 2)
         self._segmented: set[str] = set()
         self._export_job = None  # the Accept-and-next export being written in a worker
         self.states: dict[str, str] = {}
-        # the neighbours of the open patient are read (and their contrast computed) in a thread, ahead of the click
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lgg-browser-prefetch")
-        self._prefetched: dict[Path, Future] = {}  # folder -> (its signature, _read(folder)) read in the pool
-        pool, prefetched = self._pool, self._prefetched
-        self.destroyed.connect(lambda *_: _shutdown(pool, prefetched))
         settings = load_settings()
         self.export_root = FileEdit(mode="d", nullable=True, label="Export root",
                                     value=settings.get("export_root") or None,
@@ -117,16 +93,26 @@ class PatientBrowser(QWidget):
         buttons.margins = (0, 0, 0, 0)
         self.workflow = Container(widgets=[self.export_root, self.auto_segment, buttons, self.shortcuts_label])
         self.workflow.margins = (0, 0, 0, 0)
+        root_form = Container(widgets=[self.root_edit])
+        root_form.margins = (0, 0, 0, 0)
+        super().__init__(widgets=[root_form, nav, self.workflow, self.status_label], labels=False)
+        self.native.layout().insertWidget(2, self.list, 1)
+        self.ask = qt_ask(self.native)
+        # the neighbours of the open patient are read (and their contrast computed) in a thread, ahead of the click
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lgg-browser-prefetch")
+        self._prefetched: dict[Path, Future] = {}  # folder -> (its signature, _read(folder)) read in the pool
+        pool, prefetched = self._pool, self._prefetched
+        self.native.destroyed.connect(lambda *_: _shutdown(pool, prefetched))
+
+        self.root_edit.line_edit.native.editingFinished.connect(self._on_root_edited)  # Enter, or leaving the field
+        self.root_edit.changed.connect(self._on_root_chosen)
+        self.list.currentRowChanged.connect(self._on_row_changed)
+        self.prev_button.clicked.connect(self.previous)
+        self.next_button.clicked.connect(self.next)
         self.export_root.changed.connect(self._on_export_root)
         self.auto_segment.changed.connect(lambda value: save_settings(auto_segment=bool(value)))
         self.accept_button.clicked.connect(self.accept_and_next)
         self.next_todo_button.clicked.connect(self.next_not_exported)
-        layout = QVBoxLayout(self)
-        layout.addLayout(top)
-        layout.addLayout(nav)
-        layout.addWidget(self.list, 1)
-        layout.addWidget(self.workflow.native)
-        layout.addWidget(self.status_label)
         self._bind_keys()
         napari_viewer.layers.events.inserted.connect(self._on_layer_inserted)
         napari_viewer.layers.events.renamed.connect(self._on_layer_renamed)  # a spare result layer reused
@@ -140,10 +126,17 @@ class PatientBrowser(QWidget):
 
     # ---------------------------------------------------------------------------------- root
 
-    def _browse(self) -> None:
-        folder = QFileDialog.getExistingDirectory(self, "Choose an LGG dataset folder", self.root_edit.text())
-        if folder:
-            self.set_root(folder)
+    def _on_root_chosen(self, _value=None) -> None:
+        """The root field changed: chosen in its dialog (typing is taken on Enter or when leaving the field)."""
+        if not self.root_edit.line_edit.native.hasFocus():
+            self._on_root_edited()
+
+    def _on_root_edited(self) -> None:
+        value = self.root_edit.value
+        if self._setting_root or value is None or not os.fspath(value):
+            return
+        if self.root is None or Path(value).expanduser().resolve() != self.root.resolve():
+            self.set_root(value)
 
     def set_root(self, root: str | os.PathLike, load: bool = True) -> int:
         """List the patients under ``root`` (and open the first one when ``load``); returns how many."""
@@ -151,7 +144,11 @@ class PatientBrowser(QWidget):
 
         root = Path(os.path.expanduser(str(root)))
         folders = find_patient_folders(root) if is_patient_folder(root) else patient_folders(root)
-        self.root_edit.setText(str(root))
+        self._setting_root = True
+        try:
+            self.root_edit.value = root
+        finally:
+            self._setting_root = False
         if not folders:
             self._say(f"No patient folders (with <PATIENT>_<k>.tif slices) found in {root}.", error=True)
             return 0
@@ -402,8 +399,8 @@ class PatientBrowser(QWidget):
         self.list.blockSignals(False)
 
     def _update_nav(self) -> None:
-        self.prev_button.setEnabled(self.current_index > 0)
-        self.next_button.setEnabled(0 <= self.current_index + 1 < len(self.folders))
+        self.prev_button.enabled = self.current_index > 0
+        self.next_button.enabled = 0 <= self.current_index + 1 < len(self.folders)
         self.next_todo_button.enabled = bool(self.folders)
 
     # ------------------------------------------------------------------------------- workflow
@@ -430,7 +427,7 @@ class PatientBrowser(QWidget):
                 if keymap.get(key) is action:
                     keymap.pop(key, None)
 
-        self.destroyed.connect(unbind)
+        self.native.destroyed.connect(unbind)
 
     def _on_export_root(self, value=None) -> None:
         root = self.export_root.value
@@ -642,7 +639,7 @@ class PatientBrowser(QWidget):
         return False
 
     def _say(self, text: str, error: bool = False) -> None:
-        self.status_label.setText(status_html(text, error))
+        self.status_label.value = status_html(text, error)
 
 
 class SimpleLayer:

@@ -26,8 +26,8 @@ from magicgui.widgets import (
 )
 from napari.qt.threading import thread_worker
 from psygnal import Signal
-from qtpy.QtCore import Qt, QTimer
-from qtpy.QtWidgets import QFileDialog, QSizePolicy
+from qtpy.QtCore import QTimer
+from qtpy.QtWidgets import QFileDialog
 from superqt import QCollapsible
 
 from .. import recovery
@@ -56,6 +56,7 @@ from ._common import (
     tumour_layer,
     volume_readout,
     voxels_changed,
+    wrapped_label,
 )
 
 NO_MODEL_TEXT = "No default model is installed; choose a checkpoint file (.pt)"
@@ -132,14 +133,6 @@ def _reuse(viewer, layer, data: np.ndarray, metadata: dict, name: str, geometry:
     viewer.layers.move(viewer.layers.index(layer), len(viewer.layers))
 
 
-def _wrap(label: Label, rich: bool = False) -> Label:
-    label.native.setWordWrap(True)
-    label.native.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
-    if rich:  # text made by status_html: escaped, so Qt must not guess
-        label.native.setTextFormat(Qt.TextFormat.RichText)
-    return label
-
-
 class SegmentWidget(Container):
     """Segment the chosen patient with a U-Net and hand the result to the brush.
 
@@ -179,7 +172,7 @@ class SegmentWidget(Container):
         model_row = Container(widgets=[self.model_combo, self.browse_button], layout="horizontal", labels=False,
                               label="Model")
         model_row.margins = (0, 0, 0, 0)
-        self.model_label = _wrap(Label(), rich=True)
+        self.model_label = wrapped_label(Label(), rich=True)
         self.threshold = FloatSlider(label="Threshold", min=0.05, max=0.95, step=0.05, value=0.5, tracking=False)
         self.device_combo = ComboBox(label="Device", choices=available_devices())
         self.tta_check = CheckBox(text="Test-time augmentation (left-right flip)",
@@ -198,8 +191,8 @@ class SegmentWidget(Container):
         buttons = Container(widgets=[self.segment_button, self.stop_button, self.progress], layout="horizontal",
                             labels=False)
         buttons.margins = (0, 0, 0, 0)
-        self.status_label = _wrap(Label(), rich=True)
-        self.readout_label = _wrap(Label())
+        self.status_label = wrapped_label(Label(), rich=True)
+        self.readout_label = wrapped_label(Label())
         self.compare_button = PushButton(text="Compare with AI", enabled=False,
                                          tooltip="Dice between the AI output and your corrected labels")
         form = Container(widgets=[self.image_combo, model_row, self.threshold])

@@ -28,10 +28,10 @@ from magicgui.widgets import (
 )
 from napari.qt.threading import create_worker, thread_worker
 from qtpy.QtCore import Qt
-from qtpy.QtWidgets import QFileDialog, QSizePolicy
+from qtpy.QtWidgets import QFileDialog
 
 from ..train_process import TrainProcess, fit_to_start_model, read_history
-from ._common import current_model_path, notify, register_model, registered_models, status_html
+from ._common import current_model_path, notify, register_model, registered_models, status_html, wrapped_label
 
 RUNS_HOME = Path("~/napari-lgg-seg-runs")
 SCRATCH, DEFAULT, CURRENT, FILE = "scratch", "default", "current", "file"
@@ -55,14 +55,6 @@ def _row(label: str, *widgets) -> Container:
     row = Container(widgets=widgets, layout="horizontal", labels=False, label=label)
     row.margins = (0, 0, 0, 0)
     return row
-
-
-def _wrap(label: Label) -> Label:
-    label.native.setWordWrap(True)
-    label.native.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
-    label.native.setTextFormat(Qt.TextFormat.RichText)  # text made by status_html: escaped
-    label.native.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-    return label
 
 
 class TrainWidget(Container):
@@ -121,9 +113,9 @@ class TrainWidget(Container):
         self.resume_button = PushButton(
             text="Resume", tooltip="Continue the run in the output folder (from its last finished epoch)")
         self.progress = ProgressBar(min=0, max=1, value=0)
-        self.status_label = _wrap(Label(value="Add a data folder, then Start."))
+        self.status_label = wrapped_label(Label(value="Add a data folder, then Start."), rich=True, selectable=True)
         # the curves are rendered to an image in a worker thread (matplotlib Agg takes 50-300 ms per draw)
-        self.plot_label = _wrap(Label(value=PLOT_PLACEHOLDER))
+        self.plot_label = wrapped_label(Label(value=PLOT_PLACEHOLDER), rich=True, selectable=True)
         self.plot_label.native.setAlignment(Qt.AlignmentFlag.AlignCenter)
         self.plot_label.native.setMinimumHeight(PLOT_HEIGHT)
         super().__init__(widgets=[self.settings, _row("", self.start_button, self.stop_button, self.resume_button),
