@@ -188,7 +188,8 @@ def browser_phases(args, viewer, heartbeat: Heartbeat, folder: Path) -> list[dic
     step = 1 if start + forward < n else -1
     for i in range(args.switches):
         direction = step if i < forward else -step
-        action, label = (browser.next, "next") if direction > 0 else (browser.previous, "previous")
+        button, label = (browser.next_button, "next") if direction > 0 else (browser.prev_button, "previous")
+        action = button.native.click  # the user's path (the dock's buttons and keys defer part of the switch)
         target = browser.current_index + direction
         if not 0 <= target < n:
             break

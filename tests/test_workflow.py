@@ -237,6 +237,23 @@ def test_opening_a_root_segments_its_first_patient(make_napari_viewer, qtbot, ph
     assert done == [first]
 
 
+def test_the_next_button_leaves_a_segmented_patient_in_two_turns(ready, qtbot):
+    """The dock's Next (button, key, list) parks the results in one event-loop turn and opens the next patient in
+    the next one (issue 13: shorter freezes); no layer is removed; the API's next() stays synchronous."""
+    from napari_lgg_seg.widgets._common import ROLE_SPARE
+
+    viewer, browser, names = ready
+    pid, labels = segment_and_wait(qtbot, viewer, browser)
+    qtbot.waitUntil(lambda: all(f.done() for f in browser._prefetched.values()), timeout=WAIT_MS)  # neighbours read
+    removed = []
+    viewer.layers.events.removed.connect(lambda event: removed.append(event.value.name))
+    browser.next_button.native.click()
+    assert browser.current_patient_id == pid and labels.metadata.get("lgg_role") == ROLE_SPARE  # parked at once
+    qtbot.waitUntil(lambda: browser.current_patient_id == names[1], timeout=5_000)
+    assert f"{names[1]} FLAIR" in viewer.layers and removed == []
+    assert browser.previous() and browser.current_patient_id == names[0]  # synchronous
+
+
 def test_a_segment_click_before_the_automatic_one_segments_once(make_napari_viewer, qtbot, phantom_root,
                                                                    tmp_path):
     """The user presses Segment as the root opens, before the automatic segmentation starts: the automatic one

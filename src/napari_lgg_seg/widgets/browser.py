@@ -107,8 +107,8 @@ class PatientBrowser(Container):
         self.root_edit.line_edit.native.editingFinished.connect(self._on_root_edited)  # Enter, or leaving the field
         self.root_edit.changed.connect(self._on_root_chosen)
         self.list.currentRowChanged.connect(self._on_row_changed)
-        self.prev_button.clicked.connect(self.previous)
-        self.next_button.clicked.connect(self.next)
+        self.prev_button.clicked.connect(lambda: self.previous(soon=True))
+        self.next_button.clicked.connect(lambda: self.next(soon=True))
         self.export_root.changed.connect(self._on_export_root)
         self.auto_segment.changed.connect(lambda value: save_settings(auto_segment=bool(value)))
         self.accept_button.clicked.connect(self.accept_and_next)
@@ -210,17 +210,37 @@ class PatientBrowser(Container):
 
     # ------------------------------------------------------------------------------ switching
 
-    def next(self) -> bool:
-        """Open the next patient."""
-        return self.current_index + 1 < len(self.folders) and self.show_patient(self.current_index + 1)
+    def next(self, soon: bool = False) -> bool:
+        """Open the next patient (``soon``: as the dock's button and key do, see ``switch_to``)."""
+        return self.current_index + 1 < len(self.folders) and self.switch_to(self.current_index + 1, soon)
 
-    def previous(self) -> bool:
-        """Open the previous patient."""
-        return self.current_index > 0 and self.show_patient(self.current_index - 1)
+    def previous(self, soon: bool = False) -> bool:
+        """Open the previous patient (``soon``: as the dock's button and key do, see ``switch_to``)."""
+        return self.current_index > 0 and self.switch_to(self.current_index - 1, soon)
 
     def _on_row_changed(self, row: int) -> None:
         if 0 <= row < len(self.folders) and row != self.current_index:
-            self.show_patient(row)
+            self.switch_to(row, soon=True)
+
+    def switch_to(self, index: int, soon: bool = False) -> bool:
+        """``show_patient(index)``; with ``soon`` (the dock's buttons, keys and list), when the patient on screen
+        has results to park and nothing unexported to ask about, and the target is already read: the results are
+        parked in this event-loop turn and the patient opens in the next (two short freezes instead of one long)."""
+        previous = self.current_patient_id
+        if soon and previous is not None and index != self.current_index and 0 <= index < len(self.folders):
+            layers = [la for la in self.viewer.layers if patient_of_layer(la) == previous]
+            roles = [(la.metadata or {}).get("lgg_role") for la in layers]
+            future = self._prefetched.get(self.folders[index])
+            ready = future is not None and future.done() and not future.cancelled() and future.exception() is None
+            if ready and ROLE_PROBABILITY in roles and not any(has_unexported_edits(la) for la in layers):
+                self._park_results(previous)
+                QTimer.singleShot(1, lambda: self._switch_from(previous, index))
+                return True
+        return self.show_patient(index)
+
+    def _switch_from(self, patient_id: str, index: int) -> None:
+        if patient_id == self.current_patient_id:  # not moved elsewhere meanwhile
+            self.show_patient(index)
 
     def show_patient(self, index: int) -> bool:
         """Swap the open patient for patient ``index``; False when the user cancels or it cannot be read."""
@@ -414,7 +434,7 @@ class PatientBrowser(Container):
             def action(viewer, method=method):
                 browser = ref()
                 if browser is not None:
-                    getattr(browser, method)()
+                    getattr(browser, method)(**({"soon": True} if method in ("next", "previous") else {}))
 
             self.viewer.bind_key(key, action, overwrite=True)
         from napari.utils.key_bindings import coerce_keybinding
