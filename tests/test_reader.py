@@ -70,6 +70,30 @@ def test_flair_is_on_top_in_the_viewer(make_napari_viewer, phantom_patient):
     assert tuple(viewer.dims.axis_labels) == ("slice", "y", "x")  # the slider says "slice", not "0" (issue 13)
 
 
+def test_the_layer_list_is_widened_so_patient_names_are_not_cut(make_napari_viewer, qtbot, phantom_patient):
+    """napari cuts long layer names in the middle ("TCGA_HT_A61...00127 FLAIR"): with the plugin's docks open,
+    opening a patient widens the layer-list dock to fit "<PATIENT> tumour probability" (never narrows it; at most a
+    third of the window)."""
+    from qtpy.QtGui import QFontMetrics
+
+    from napari_lgg_seg.widgets._common import LAYER_ROW_EXTRA_PX, LONGEST_SUFFIX
+    from napari_lgg_seg.widgets.segment import segment_dock
+
+    viewer = make_napari_viewer(show=True)
+    segment_dock(viewer)
+    window = viewer.window._qt_window
+    window.resize(1400, 900)
+    dock = viewer.window._qt_viewer.dockLayerList
+    qtbot.waitUntil(lambda: dock.isVisible(), timeout=5_000)
+    font = dock.widget().font()
+    font.setBold(True)
+    wanted = min(QFontMetrics(font).horizontalAdvance(phantom_patient.name + LONGEST_SUFFIX) + LAYER_ROW_EXTRA_PX,
+                 window.width() // 3)
+    assert dock.width() < wanted  # napari's own width cuts the names
+    viewer.open(str(phantom_patient), plugin=PLUGIN)
+    qtbot.waitUntil(lambda: dock.width() >= wanted - 2, timeout=5_000)
+
+
 def test_flair_contrast_comes_from_the_patients_own_head_voxels(phantom_patient):
     pid = phantom_patient.name
     layers = by_name(read(phantom_patient))

@@ -10,9 +10,11 @@ import gc
 import html
 import os
 import sys
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 from psygnal import Signal
@@ -367,6 +369,55 @@ def disconnector(connections: list):
 # --------------------------------------------------------------------------------------- dialogs
 
 ERROR_COLOUR = "#e05050"
+
+
+LONGEST_SUFFIX = " tumour probability"  # the longest layer name of a patient is "<PATIENT> tumour probability"
+LAYER_ROW_EXTRA_PX = 140  # thumbnail, eye and type icons and margins of a row of napari's layer list
+_width_watched: weakref.WeakSet = weakref.WeakSet()
+
+
+def fit_layer_list_to_patients(viewer) -> None:
+    """From now on, widen napari's layer-list dock when a patient opens so that its layer names fit instead of being
+    cut in the middle ("TCGA_HT_A61...00127 FLAIR", issue 13 bug 5); never narrows it, at most a third of the
+    window. Idempotent; the docks call it (the reader stays Qt-free)."""
+    if viewer in _width_watched:
+        return
+    _width_watched.add(viewer)
+    ref = weakref.ref(viewer)
+
+    def on_inserted(event) -> None:
+        meta = event.value.metadata or {}
+        if meta.get("lgg_channel") and meta.get("lgg_patient_id") and ref() is not None:
+            _fit_layer_list_soon(ref(), str(meta["lgg_patient_id"]))
+
+    viewer.layers.events.inserted.connect(on_inserted)
+    for layer in list(viewer.layers):
+        on_inserted(SimpleNamespace(value=layer))
+
+
+def _fit_layer_list_soon(viewer, patient_id: str) -> None:
+    from qtpy.QtCore import Qt, QTimer
+    from qtpy.QtGui import QFontMetrics
+
+    viewer = getattr(viewer, "__wrapped__", viewer)  # a dock's viewer is napari's public-only proxy
+    window = getattr(viewer, "window", None)
+    qt_window, qt_viewer = getattr(window, "_qt_window", None), getattr(window, "_qt_viewer", None)
+    dock = getattr(qt_viewer, "dockLayerList", None)
+    if qt_window is None or dock is None:  # napari's window layout changed: leave it as it is
+        return
+
+    def fit() -> None:  # after the current event, once laid out
+        try:
+            font = dock.widget().font()
+            font.setBold(True)  # napari draws layer names in bold
+            wanted = QFontMetrics(font).horizontalAdvance(patient_id + LONGEST_SUFFIX) + LAYER_ROW_EXTRA_PX
+            wanted = min(wanted, qt_window.width() // 3)
+            if dock.isVisible() and dock.width() < wanted:
+                qt_window.resizeDocks([dock], [wanted], Qt.Orientation.Horizontal)
+        except RuntimeError:  # the window was closed meanwhile
+            pass
+
+    QTimer.singleShot(0, fit)
 
 
 def wrapped_label(label, rich: bool = False, selectable: bool = False):

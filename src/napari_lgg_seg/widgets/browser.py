@@ -19,6 +19,7 @@ from ._common import (
     ROLE_PREDICTION,
     ROLE_PROBABILITY,
     ai_mask_of,
+    fit_layer_list_to_patients,
     has_unexported_edits,
     notify,
     park_result_layers,
@@ -121,6 +122,7 @@ class PatientBrowser(Container):
         from .._viewer_hooks import install_viewer_hooks
 
         install_viewer_hooks(napari_viewer)  # the patients' layers look as the reader's (outline, one channel)
+        fit_layer_list_to_patients(napari_viewer)
         if root:
             self.set_root(root, load=load_first)
 

@@ -43,6 +43,7 @@ from ._common import (
     ai_mask_of,
     disconnector,
     find_patients,
+    fit_layer_list_to_patients,
     has_unexported_edits,
     notify,
     prediction_layers,
@@ -233,6 +234,7 @@ class SegmentWidget(Container):
             if patient.is_lgg:
                 self._queue_recovery_check(pid)
         self._on_model_changed()
+        fit_layer_list_to_patients(self.viewer)
 
     # ------------------------------------------------------------------------------- patients
 
