@@ -215,9 +215,8 @@ def test_a_deleted_browser_leaves_no_shortcut(make_napari_viewer, qtbot, phantom
     press(viewer, "PageDown")  # nothing happens, nothing raises
 
 
-def test_opening_a_root_segments_its_first_patient(make_napari_viewer, qtbot, phantom_root, tmp_path):
-    """With a model at hand and "Segment automatically" ticked (the default), opening a root segments the patient
-    it opens with: the first patient costs no Segment click (issue 13: <= 1 action per patient)."""
+def viewer_with_a_tiny_model(make_napari_viewer, tmp_path):
+    """A viewer whose Segment dock has a tiny model; ``done`` collects the ids of segmented patients."""
     from napari_lgg_seg.widgets.segment import segment_dock
 
     viewer = make_napari_viewer()
@@ -225,6 +224,13 @@ def test_opening_a_root_segments_its_first_patient(make_napari_viewer, qtbot, ph
     assert seg.add_checkpoint(make_tiny_checkpoint(tmp_path / "tiny.pt"))
     done = []
     seg.segmentation_done.connect(lambda pid, layer, message: done.append(pid))
+    return viewer, seg, done
+
+
+def test_opening_a_root_segments_its_first_patient(make_napari_viewer, qtbot, phantom_root, tmp_path):
+    """With a model at hand and "Segment automatically" ticked (the default), opening a root segments the patient
+    it opens with: the first patient costs no Segment click (issue 13: <= 1 action per patient)."""
+    viewer, seg, done = viewer_with_a_tiny_model(make_napari_viewer, tmp_path)
     browser = open_browser(viewer, phantom_root)
     first = browser.current_patient_id
     qtbot.waitUntil(lambda: done == [first] and not seg.running, timeout=WAIT_MS)
@@ -258,13 +264,7 @@ def test_a_segment_click_before_the_automatic_one_segments_once(make_napari_view
                                                                    tmp_path):
     """The user presses Segment as the root opens, before the automatic segmentation starts: the automatic one
     then waits for that run and, finding the patient segmented, does not segment it a second time."""
-    from napari_lgg_seg.widgets.segment import segment_dock
-
-    viewer = make_napari_viewer()
-    seg = segment_dock(viewer)
-    assert seg.add_checkpoint(make_tiny_checkpoint(tmp_path / "tiny.pt"))
-    done = []
-    seg.segmentation_done.connect(lambda pid, layer, message: done.append(pid))
+    viewer, seg, done = viewer_with_a_tiny_model(make_napari_viewer, tmp_path)
     browser = open_browser(viewer, phantom_root)
     assert browser.segment() is not None  # before the event loop turns: the automatic run is still queued
     first = browser.current_patient_id

@@ -380,6 +380,7 @@ def fit_layer_list_to_patients(viewer) -> None:
     """From now on, widen napari's layer-list dock when a patient opens so that its layer names fit instead of being
     cut in the middle ("TCGA_HT_A61...00127 FLAIR", issue 13 bug 5); never narrows it, at most a third of the
     window. Idempotent; the docks call it (the reader stays Qt-free)."""
+    viewer = getattr(viewer, "__wrapped__", viewer)  # a dock's viewer is napari's public-only proxy (one per dock)
     if viewer in _width_watched:
         return
     _width_watched.add(viewer)
@@ -399,7 +400,6 @@ def _fit_layer_list_soon(viewer, patient_id: str) -> None:
     from qtpy.QtCore import Qt, QTimer
     from qtpy.QtGui import QFontMetrics
 
-    viewer = getattr(viewer, "__wrapped__", viewer)  # a dock's viewer is napari's public-only proxy
     window = getattr(viewer, "window", None)
     qt_window, qt_viewer = getattr(window, "_qt_window", None), getattr(window, "_qt_viewer", None)
     dock = getattr(qt_viewer, "dockLayerList", None)

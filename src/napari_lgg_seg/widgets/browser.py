@@ -36,12 +36,19 @@ from .workflow import EXPORTED, load_settings, patient_state, save_settings
 
 #: (key, what it does, browser method): registered on the viewer's own keymap; napari binds none of these keys.
 SHORTCUTS = (
-    ("Shift-S", "segment the patient", "segment"),
-    ("Shift-Enter", "accept and next", "accept_and_next"),
-    ("PageDown", "next patient", "next"),
-    ("PageUp", "previous patient", "previous"),
-    ("Shift-G", "show / hide ground truth", "toggle_ground_truth"),
+    ("Shift-S", "segment the patient", lambda browser: browser.segment()),
+    ("Shift-Enter", "accept and next", lambda browser: browser.accept_and_next()),
+    ("PageDown", "next patient", lambda browser: browser.next(soon=True)),  # as the dock's buttons
+    ("PageUp", "previous patient", lambda browser: browser.previous(soon=True)),
+    ("Shift-G", "show / hide ground truth", lambda browser: browser.toggle_ground_truth()),
 )
+
+
+def _is_result(layer) -> bool:
+    """A patient's segmentation result that can be parked: its probability layer, or a tumour layer without
+    unexported edits (those are kept for the patient, not reused)."""
+    role = (layer.metadata or {}).get("lgg_role")
+    return role == ROLE_PROBABILITY or (role == ROLE_PREDICTION and not has_unexported_edits(layer))
 
 
 def _is_reader_layer(layer) -> bool:
@@ -235,14 +242,9 @@ class PatientBrowser(Container):
             future = self._prefetched.get(self.folders[index])
             ready = future is not None and future.done() and not future.cancelled() and future.exception() is None
             if ready and ROLE_PROBABILITY in roles and not any(has_unexported_edits(la) for la in layers):
-                self._park_results(previous)
-                QTimer.singleShot(1, lambda: self._switch_from(previous, index))
+                self._park_then(previous, lambda: self.show_patient(index))
                 return True
         return self.show_patient(index)
-
-    def _switch_from(self, patient_id: str, index: int) -> None:
-        if patient_id == self.current_patient_id:  # not moved elsewhere meanwhile
-            self.show_patient(index)
 
     def show_patient(self, index: int) -> bool:
         """Swap the open patient for patient ``index``; False when the user cancels or it cannot be read."""
@@ -348,7 +350,7 @@ class PatientBrowser(Container):
             elif role == ROLE_PREDICTION and has_unexported_edits(layer):
                 doomed.append(layer)
                 kept.append(layer)
-            elif role in (ROLE_PROBABILITY, ROLE_PREDICTION):
+            elif _is_result(layer):
                 results.append(layer)
         for layer in kept:
             layer.visible = False
@@ -432,11 +434,11 @@ class PatientBrowser(Container):
         import weakref
 
         ref = weakref.ref(self)
-        for key, _what, method in SHORTCUTS:
-            def action(viewer, method=method):
+        for key, _what, run in SHORTCUTS:
+            def action(viewer, run=run):
                 browser = ref()
                 if browser is not None:
-                    getattr(browser, method)(**({"soon": True} if method in ("next", "previous") else {}))
+                    run(browser)
 
             self.viewer.bind_key(key, action, overwrite=True)
         from napari.utils.key_bindings import coerce_keybinding
@@ -493,7 +495,6 @@ class PatientBrowser(Container):
             self._show_state(index)
 
     def _refresh_soon(self, *_args) -> None:
-
         QTimer.singleShot(0, self._refresh_current_state)
 
     def _refresh_current_state(self, *_args) -> None:
@@ -581,10 +582,7 @@ class PatientBrowser(Container):
                 if self.next_not_exported_index() is None:
                     self._move_on()  # says that all are exported; the accepted result stays on screen
                     return
-                # two event-loop turns instead of one long one: the accepted patient's results are parked now
-                # (exported: nothing to lose), the next patient opens in the next turn
-                self._park_results(job.patient_id)
-                QTimer.singleShot(1, lambda: self._move_on_from(job.patient_id))
+                self._park_then(job.patient_id, self._move_on)  # exported: nothing to lose
             else:  # the user opened another patient while it was written: only its state changes
                 for index, folder in enumerate(self.folders):
                     if folder.name == job.patient_id:
@@ -600,16 +598,13 @@ class PatientBrowser(Container):
             return self._refuse(f"Export of {pid} failed: {err}")
         raise err
 
-    def _park_results(self, patient_id: str) -> None:
-        """Park the patient's probability and exported (unedited since) tumour layers for the next patient's result."""
-        results = [layer for layer in self.viewer.layers if patient_of_layer(layer) == patient_id
-                   and (layer.metadata or {}).get("lgg_role") in (ROLE_PROBABILITY, ROLE_PREDICTION)
-                   and not has_unexported_edits(layer)]
+    def _park_then(self, patient_id: str, then) -> None:
+        """Leave ``patient_id`` in two event-loop turns instead of one long one: its results (probability, tumour
+        layers without unexported edits) are parked for the next patient's result now, ``then()`` runs in the next
+        turn unless the user has moved to another patient meanwhile."""
+        results = [la for la in self.viewer.layers if patient_of_layer(la) == patient_id and _is_result(la)]
         safe_remove_layers(self.viewer, park_result_layers(self.viewer, results))
-
-    def _move_on_from(self, patient_id: str) -> None:
-        if patient_id == self.current_patient_id:  # not moved elsewhere meanwhile
-            self._move_on()
+        QTimer.singleShot(1, lambda: then() if patient_id == self.current_patient_id else None)
 
     def _move_on(self) -> bool:
         """After an accepted export: open the next patient not exported and (when ticked) segment it."""
@@ -622,7 +617,6 @@ class PatientBrowser(Container):
 
     def _segment_when_idle(self, patient_id: str | None, tries: int) -> None:
         """Segment ``patient_id`` once the Segment dock has finished its previous run (checked every 0.2 s)."""
-
         from .segment import segment_dock
 
         if (patient_id is None or patient_id != self.current_patient_id

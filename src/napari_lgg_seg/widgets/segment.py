@@ -614,12 +614,11 @@ class SegmentWidget(Container):
             state["labels"] = labels
 
         def select_labels() -> None:  # napari builds the layer's controls on first selection: a turn of its own
-            state["labels"].selected_label, state["labels"].brush_size = 1, 10
-            self.viewer.layers.selection.active = state["labels"]
+            self._select_for_the_brush(state["labels"])
 
         def ready_for_the_brush() -> None:
             labels = state["labels"]
-            self._ready_for_the_brush(labels)
+            labels.mode = "paint"
             self._compare_text = ""
             self.update_readout()
             self._finish(pid, labels, f"Done: {pid} segmented with {model_label}. Correct it with the brush "
@@ -634,10 +633,14 @@ class SegmentWidget(Container):
         self._adding_result, self._job = False, None
         self._update_buttons()
 
-    def _ready_for_the_brush(self, labels) -> None:
-        """Select ``labels`` in paint mode with the tumour label and a 10-px brush."""
+    def _select_for_the_brush(self, labels) -> None:
+        """Select ``labels`` with the tumour label and a 10-px brush."""
         labels.selected_label, labels.brush_size = 1, 10
         self.viewer.layers.selection.active = labels
+
+    def _ready_for_the_brush(self, labels) -> None:
+        """Select ``labels`` in paint mode with the tumour label and a 10-px brush."""
+        self._select_for_the_brush(labels)
         labels.mode = "paint"
 
     def _run_gui_steps(self, patient: PatientLayers, steps: list) -> None:
