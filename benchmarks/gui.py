@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> dict:
             phases += browser_phases(args, viewer, heartbeat, folder)
 
         if not args.no_train:
-            phases.append(train_phase(args, viewer, heartbeat, tmp, checkpoint))
+            phases += train_phases(args, viewer, heartbeat, tmp, checkpoint)
     finally:
         viewer.close()
 
@@ -201,15 +201,17 @@ def browser_phases(args, viewer, heartbeat: Heartbeat, folder: Path) -> list[dic
     return phases
 
 
-def train_phase(args, viewer, heartbeat: Heartbeat, tmp: Path, checkpoint: Path) -> dict:
-    """Dock the Train widget and run a short training on phantom patients; event-loop stats."""
+def train_phases(args, viewer, heartbeat: Heartbeat, tmp: Path, checkpoint: Path) -> list[dict]:
+    """Dock the Train widget (its own phase: the window lays the new dock out), then run a short training on
+    phantom patients; event-loop stats of each."""
     from napari_lgg_seg.sample import write_phantom_dataset
     from napari_lgg_seg.widgets.train import TrainWidget
 
     root = tmp / "train_data"
     write_phantom_dataset(root, n_patients=3, n_slices=args.train_slices, size=args.phantom_size, seed=10)
     tw = TrainWidget(viewer)
-    viewer.window.add_dock_widget(tw, name="Train / fine-tune", area="right")
+    docked = measure("dock the Train widget", heartbeat,
+                     lambda: viewer.window.add_dock_widget(tw, name="Train / fine-tune", area="right"), settle_s=0.5)
     if not tw.add_data_root(root):
         raise RuntimeError(f"the Train dock refused {root}: {tw.status_label.value}")
     tw.set_output_folder(tmp / "run")
@@ -223,7 +225,7 @@ def train_phase(args, viewer, heartbeat: Heartbeat, tmp: Path, checkpoint: Path)
     result["reports"] = tw.reports_seen
     if tw.best_path is None:
         result["note"] += " no best.pt (see status)"
-    return result
+    return [docked, result]
 
 
 if __name__ == "__main__":

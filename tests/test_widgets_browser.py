@@ -219,3 +219,23 @@ def test_one_patient_on_screen_and_the_kept_correction_comes_back_on_top(make_na
     assert patients_open(viewer) == {short}
     assert viewer.dims.range[0].stop == 5  # the short patient's 6 slices
     assert short not in browser._kept
+
+
+def test_a_switch_updates_the_dims_once_not_once_per_layer(setup, monkeypatch):
+    """Refilling a patient's layers recomputes napari's dims (and re-slices every layer) once at the end, not once
+    per refilled layer (``_common.one_dims_update``); the slider still ends on the new patient's slices."""
+    viewer, browser, names = setup
+    model = getattr(viewer, "__wrapped__", viewer)
+    calls = []
+    original = type(model)._on_layers_change
+
+    def counting(self, *args):
+        calls.append(1)
+        return original(self, *args)
+
+    monkeypatch.setattr(type(model), "_on_layers_change", counting)
+    assert browser.next()
+    refilled = [la for la in viewer.layers if la.metadata.get("lgg_patient_id") == names[1]]
+    assert len(refilled) >= 4  # three channels and the ground truth, refilled in place
+    assert len(calls) <= 2, f"dims updated {len(calls)} times"
+    assert viewer.dims.range[0].stop == refilled[0].data.shape[0] - 1

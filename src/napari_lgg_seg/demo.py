@@ -183,12 +183,22 @@ def open_demo_viewer():
     viewer = napari.Viewer(title="napari-lgg-seg demo")
     viewer.open_sample("napari-lgg-seg", "phantom")
     _, widget = viewer.window.add_plugin_dock_widget("napari-lgg-seg", SEGMENT_WIDGET)
+    _fit_view_once_docked(viewer)
     if default_model_path() is None:
         print("no default model is installed yet: the phantom sample is open; choose weights in the "
               f"'{SEGMENT_WIDGET}' dock to segment it.")
     elif not _press_segment(widget, SAMPLE_PATIENT_ID):
         print(f"press Segment in the '{SEGMENT_WIDGET}' dock to segment the phantom.")
     return viewer, widget
+
+
+def _fit_view_once_docked(viewer) -> None:
+    """Re-centre the phantom once the window has laid out the new dock (it narrows the canvas: in napari's default
+    window the phantom was left cut at the canvas's edge)."""
+    from qtpy.QtWidgets import QApplication
+
+    QApplication.processEvents()
+    viewer.reset_view()
 
 
 def run_gui() -> int:

@@ -87,6 +87,11 @@ def main() -> int:
             os.nice(NICENESS)
         except OSError:
             pass
+    if hasattr(os, "SCHED_IDLE"):  # Linux: run only on CPU time the window leaves idle (threads made later inherit it)
+        try:
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        except OSError:
+            pass
 
     def watch_stdin() -> None:
         for line in sys.stdin:

@@ -22,6 +22,7 @@ from ._common import (
     fit_layer_list_to_patients,
     has_unexported_edits,
     notify,
+    one_dims_update,
     park_result_layers,
     patient_of_layer,
     prediction_layers,
@@ -395,9 +396,10 @@ class PatientBrowser(Container):
         for old, _data, kwargs, _type in plan:  # metadata first: whoever reacts to the new data or name sees it
             if old is not None:
                 old.metadata = kwargs.get("metadata") or {}
-        for old, data, kwargs, _type in plan:
-            if old is not None:
-                _refill(old, data, kwargs)
+        with one_dims_update(self.viewer, [old for old, *_ in plan if old is not None]):
+            for old, data, kwargs, _type in plan:
+                if old is not None:
+                    _refill(old, data, kwargs)
         for old, _data, kwargs, _type in plan:
             if old is not None:
                 old.name = kwargs["name"]

@@ -425,7 +425,7 @@ class TrainWidget(Container):
         from ..plots import render_curves
 
         ratio = self.native.devicePixelRatioF()
-        width = max(self.plot_label.native.width(), 360)
+        width = max(self.plot_label.native.width(), 120)  # the label's width: the image never widens the dock
         self._plot_worker = create_worker(render_curves, [dict(h) for h in self.history], int(width * ratio),
                                           int(PLOT_HEIGHT * ratio), 100.0 * ratio, _start_thread=False)
         self._plot_worker.returned.connect(self._show_plot)
