@@ -265,13 +265,18 @@ def park_result_layers(viewer, layers) -> list:
     return rest
 
 
+def unproxied(viewer):
+    """The viewer behind a dock's viewer (napari gives each dock its own public-only proxy of it)."""
+    return getattr(viewer, "__wrapped__", viewer)
+
+
 @contextlib.contextmanager
 def one_dims_update(viewer, layers: list):
     """Refill ``layers`` with one update of the viewer's dims at the end instead of one per layer (napari recomputes
     the dims and re-slices every layer for each new ``data``: about a quarter of a patient switch). Uses napari's
     private ``ViewerModel._on_layers_change`` (of the viewer behind a dock's public-only proxy); without it, napari's
     own per-layer updates run."""
-    update = getattr(getattr(viewer, "__wrapped__", viewer), "_on_layers_change", None)
+    update = getattr(unproxied(viewer), "_on_layers_change", None)
     if update is None or not layers:
         yield
         return
@@ -401,7 +406,7 @@ def fit_layer_list_to_patients(viewer) -> None:
     """From now on, widen napari's layer-list dock when a patient opens so that its layer names fit instead of being
     cut in the middle ("TCGA_HT_A61...00127 FLAIR", issue 13 bug 5); never narrows it, at most a third of the
     window. Idempotent; the docks call it (the reader stays Qt-free)."""
-    viewer = getattr(viewer, "__wrapped__", viewer)  # a dock's viewer is napari's public-only proxy (one per dock)
+    viewer = unproxied(viewer)
     if viewer in _width_watched:
         return
     _width_watched.add(viewer)
