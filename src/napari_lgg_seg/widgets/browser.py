@@ -21,6 +21,7 @@ from ._common import (
     ai_mask_of,
     fit_layer_list_to_patients,
     has_unexported_edits,
+    keep_gc_pauses_short,
     notify,
     one_dims_update,
     park_result_layers,
@@ -131,6 +132,7 @@ class PatientBrowser(Container):
 
         install_viewer_hooks(napari_viewer)  # the patients' layers look as the reader's (outline, one channel)
         fit_layer_list_to_patients(napari_viewer)
+        keep_gc_pauses_short(napari_viewer, self.native)
         if root:
             self.set_root(root, load=load_first)
 

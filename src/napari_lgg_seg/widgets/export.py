@@ -15,6 +15,7 @@ from ..io import LGGFormatError, check_patient_target, sanitize_name
 from ._common import (
     ROLE_PREDICTION,
     find_patients,
+    keep_gc_pauses_short,
     mark_exported,
     notify,
     status_html,
@@ -131,6 +132,7 @@ class ExportWidget(Container):
                                   self.status_label])
         self.labels_combo.changed.connect(self._on_choice)
         self.export_button.clicked.connect(self.export)  # napari re-runs reset_choices when layers change
+        keep_gc_pauses_short(napari_viewer, self.native)
 
     def _on_choice(self, layer) -> None:
         if not self._choosing:

@@ -39,12 +39,15 @@ from ._common import (
     RESULT_KEY,
     ROLE_PREDICTION,
     ROLE_PROBABILITY,
+    ROLE_SPARE,
+    SPARE_NAMES,
     PatientLayers,
     ai_mask_of,
     disconnector,
     find_patients,
     fit_layer_list_to_patients,
     has_unexported_edits,
+    keep_gc_pauses_short,
     notify,
     prediction_layers,
     probability_layer_for,
@@ -163,6 +166,7 @@ class SegmentWidget(Container):
         self._recovery_offered: set[str] = set()
         self._last_autosave: dict[int, str] = {}
         self._reported = False  # the current run's end was reported (status + segmentation_done)
+        self._spares_queued = False  # a turn that adds a spare result layer is pending
         self._postprocessing: list[tuple] = []  # (worker, labels layer) of re-thresholds in flight
         self.last_timing: dict = {}  # seconds of the last run's network and post-processing (in the worker)
 
@@ -235,6 +239,7 @@ class SegmentWidget(Container):
                 self._queue_recovery_check(pid)
         self._on_model_changed()
         fit_layer_list_to_patients(self.viewer)
+        keep_gc_pauses_short(self.viewer, self.native)
 
     # ------------------------------------------------------------------------------- patients
 
@@ -293,6 +298,8 @@ class SegmentWidget(Container):
     def _on_patient_changed(self, *args) -> None:
         patient = self.current_patient()
         pid = patient.patient_id if patient is not None else None
+        if patient is not None:
+            self._queue_spare_layer()
         if pid != self._patient_id:  # the status names the patient on screen (issue 13, bug 2)
             self._patient_id = pid
             self._compare_text = ""
@@ -302,6 +309,54 @@ class SegmentWidget(Container):
                     f"'{layer.name}' is ready for the brush." if layer is not None else "press Segment."))
         self._update_buttons()
         self.update_readout()
+
+    def _queue_spare_layer(self) -> None:
+        if not self._spares_queued:
+            self._spares_queued = True
+            _later(self._add_spare_layer, STEP_DELAY_MS)
+
+    def _add_spare_layer(self) -> None:
+        """Add a result layer the patient on screen will need (a model is loaded), parked (hidden, one voxel), one
+        per event-loop turn.
+
+        napari freezes the window 0.12-0.19 s to create a layer (its vispy visual, overlays and controls): done here,
+        when a patient appears, the first result only refills the two layers, like every later one (issue 13)."""
+        self._spares_queued = False
+        patient = self.current_patient()
+        if patient is None or self._adding_result or self._loaded is None:  # no model: no result to prepare for
+            return
+        ref = patient.reference
+        ndim = ref.ndim - (1 if getattr(ref, "rgb", False) else 0)
+        if tumour_layer(self.viewer, patient.patient_id) is not None or ndim not in (2, 3):
+            return
+        missing = [kind for kind in SPARE_NAMES if take_spare_layer(self.viewer, kind, ndim) is None]
+        if not missing:
+            return
+        from ..display import TUMOUR_COLOR, labels_colormap
+
+        options = {"name": SPARE_NAMES[missing[0]], "visible": False, "metadata": {"lgg_role": ROLE_SPARE},
+                   "multiscale": False, "scale": ref.scale, "translate": ref.translate, "axis_labels": ref.axis_labels}
+        layers = self.viewer.layers
+        active, selected = layers.selection.active, set(layers.selection)
+        if missing[0] == "image":
+            self.viewer.add_image(np.zeros((1,) * ndim, np.float32), colormap="magma", contrast_limits=(0.0, 1.0),
+                                  **options)
+        else:
+            self.viewer.add_labels(np.zeros((1,) * ndim, np.uint8), opacity=0.6,
+                                   colormap=labels_colormap(TUMOUR_COLOR), **options)
+        spare = layers[-1]
+
+        def give_the_selection_back() -> None:  # a hidden spare never keeps the user's selection
+            if layers.selection.active is spare and (active is None or active in layers):
+                layers.selection.active = active
+                layers.selection.update(la for la in selected if la in layers)
+            if len(missing) > 1:
+                self._queue_spare_layer()
+
+        if missing[0] == "labels":  # napari shows (and styles) the Labels controls once now, not at the first result
+            _later(give_the_selection_back, STEP_DELAY_MS)
+        else:
+            give_the_selection_back()
 
     # --------------------------------------------------------------------------------- models
 
@@ -358,6 +413,8 @@ class SegmentWidget(Container):
                 self.set_postprocessing_controls(defaults)
             note = "defaults from its model card" if defaults else "no model card defaults; using the settings below"
             text = f"Loaded {Path(self._loaded.path).name} ({note})"
+            if self.current_patient() is not None:
+                self._queue_spare_layer()
         else:
             text = error or (NO_MODEL_TEXT if not self.model_combo.choices else "Choose a model.")
         self.model_label.value = status_html(text, error=bool(error))

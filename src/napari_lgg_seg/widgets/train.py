@@ -31,7 +31,15 @@ from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QFileDialog
 
 from ..train_process import TrainProcess, fit_to_start_model, read_history
-from ._common import current_model_path, notify, register_model, registered_models, status_html, wrapped_label
+from ._common import (
+    current_model_path,
+    keep_gc_pauses_short,
+    notify,
+    register_model,
+    registered_models,
+    status_html,
+    wrapped_label,
+)
 
 RUNS_HOME = Path("~/napari-lgg-seg-runs")
 SCRATCH, DEFAULT, CURRENT, FILE = "scratch", "default", "current", "file"
@@ -131,6 +139,7 @@ class TrainWidget(Container):
         self.stop_button.clicked.connect(self.stop)
         self.resume_button.clicked.connect(self.resume)
         self.native.destroyed.connect(self._on_destroyed)
+        keep_gc_pauses_short(napari_viewer, self.native)
         self.native_parent_changed.connect(lambda parent: parent is None and self._kill())  # the dock was closed
         self._on_start_changed(self.start_combo.value)  # issue 13 bug 6: the default model fine-tunes at 1e-4
         self.set_output_folder(default_output_folder(), auto=True)
