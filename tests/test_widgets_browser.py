@@ -239,3 +239,35 @@ def test_a_switch_updates_the_dims_once_not_once_per_layer(setup, monkeypatch):
     assert len(refilled) >= 4  # three channels and the ground truth, refilled in place
     assert len(calls) <= 2, f"dims updated {len(calls)} times"
     assert viewer.dims.range[0].stop == refilled[0].data.shape[0] - 1
+
+
+def test_the_prefetch_and_export_threads_run_below_the_window(setup, tmp_path):
+    """Issue 13 (stalls): on 2 cores a worker at the GUI thread's priority takes its CPU; the browser's threads run at
+    a lower priority (Linux: nice is per thread) and the GUI thread keeps its own."""
+    import os
+    import sys
+    import threading
+
+    from napari_lgg_seg.widgets._common import WORKER_NICENESS
+    from napari_lgg_seg.widgets.browser import _write_export
+
+    if sys.platform != "linux":
+        pytest.skip("per-thread priorities are a Linux feature")
+    _viewer, browser, _names = setup
+    gui_before = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    def priority() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    assert browser._pool.submit(priority).result(timeout=30) >= WORKER_NICENESS
+
+    class Job:
+        def write(self):
+            return priority()
+
+    seen = []
+    thread = threading.Thread(target=lambda: seen.append(_write_export(Job())))
+    thread.start()
+    thread.join(30)
+    assert seen and seen[0] >= WORKER_NICENESS
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == gui_before

@@ -679,3 +679,42 @@ def test_full_collections_freeze_their_survivors_and_removed_layers_are_still_fr
     with qtbot.waitSignal(widget.native.destroyed, timeout=5000):
         widget.native.deleteLater()
     assert gc.get_freeze_count() == 0
+
+
+def test_the_network_and_the_post_processing_run_below_the_window(widget, qtbot, tiny_checkpoint, monkeypatch):
+    """Issue 13 (stalls): on 2 cores the network's threads at the GUI thread's priority made the same layout and paint
+    work take two to three times longer; the workers run at a lower priority (Linux: per thread, inherited by the
+    torch threads they start) and the GUI thread keeps its own."""
+    import os
+    import sys
+    import threading
+
+    import napari_lgg_seg.inference as inference
+    from napari_lgg_seg.widgets._common import WORKER_NICENESS
+
+    if sys.platform != "linux":
+        pytest.skip("per-thread priorities are a Linux feature")
+
+    def priority() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    gui_before, seen = priority(), {}
+    network, post = inference.iter_predict_any_size, inference.postprocess
+
+    def spy_network(*args, **kwargs):
+        seen["network"] = priority()
+        yield from network(*args, **kwargs)
+
+    def spy_post(*args, **kwargs):
+        seen.setdefault("post-processing", []).append(priority())
+        return post(*args, **kwargs)
+
+    monkeypatch.setattr(inference, "iter_predict_any_size", spy_network)
+    monkeypatch.setattr(inference, "postprocess", spy_post)
+    add_patient(widget.viewer)
+    segmented(qtbot, widget, tiny_checkpoint)
+    widget.set_threshold(0.3)
+    settled(qtbot, widget)
+    assert seen["network"] >= WORKER_NICENESS
+    assert len(seen["post-processing"]) == 2 and min(seen["post-processing"]) >= WORKER_NICENESS
+    assert priority() == gui_before

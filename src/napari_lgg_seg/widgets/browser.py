@@ -28,6 +28,7 @@ from ._common import (
     patient_of_layer,
     prediction_layers,
     qt_ask,
+    run_below_the_window,
     safe_remove_layers,
     status_html,
     take_spare_layer,
@@ -109,7 +110,8 @@ class PatientBrowser(Container):
         self.native.layout().insertWidget(2, self.list, 1)
         self.ask = qt_ask(self.native)
         # the neighbours of the open patient are read (and their contrast computed) in a thread, ahead of the click
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lgg-browser-prefetch")
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lgg-browser-prefetch",
+                                        initializer=run_below_the_window)
         self._prefetched: dict[Path, Future] = {}  # folder -> (its signature, _read(folder)) read in the pool
         pool, prefetched = self._pool, self._prefetched
         self.native.destroyed.connect(lambda *_: _shutdown(pool, prefetched))
@@ -747,6 +749,7 @@ def _read_signed(folder: Path) -> tuple[tuple, tuple[Patient, list[tuple], list[
 def _write_export(job):
     """Worker: write the export; the refusals come back as values (napari would show an error raised in a worker as a
     traceback notification)."""
+    run_below_the_window()
     try:
         return job.write()
     except (LGGFormatError, OSError, ValueError) as err:  # FileExistsError is an OSError

@@ -53,6 +53,7 @@ from ._common import (
     probability_layer_for,
     qt_ask,
     registered_models,
+    run_below_the_window,
     safe_remove_layers,
     set_current_model_path,
     status_html,
@@ -83,6 +84,7 @@ def _segment_job(model, images: np.ndarray, device: str, tta: bool, batch_size: 
     try:
         from ..inference import iter_predict_any_size, postprocess
 
+        run_below_the_window()
         for module in ("napari._vispy.layers.image", "napari._vispy.layers.labels", "scipy.ndimage"):
             __import__(module)  # otherwise the first Labels layer of a session imports these on the GUI thread
         probs, start = None, time.perf_counter()
@@ -105,6 +107,7 @@ def _postprocess_job(probs: np.ndarray, settings) -> np.ndarray:
     """Worker: the mask of ``probs`` with ``settings`` (80-110 ms for a real patient: too long for the GUI thread)."""
     from ..inference import postprocess
 
+    run_below_the_window()
     return postprocess(probs, settings)
 
 

@@ -37,6 +37,7 @@ from ._common import (
     notify,
     register_model,
     registered_models,
+    run_below_the_window,
     status_html,
     wrapped_label,
 )
@@ -51,6 +52,14 @@ PLOT_PLACEHOLDER = "Loss and validation curves appear here after each epoch."
 def default_output_folder() -> Path:
     """``~/napari-lgg-seg-runs/<timestamp>`` (not created)."""
     return RUNS_HOME.expanduser() / _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
+def _render_curves(*args):
+    """Worker: ``plots.render_curves`` below the window's CPU priority."""
+    from ..plots import render_curves
+
+    run_below_the_window()
+    return render_curves(*args)
 
 
 @thread_worker(start_thread=False)
@@ -431,11 +440,9 @@ class TrainWidget(Container):
         if self._plot_worker is not None:  # one render at a time; the newest history follows it
             self._plot_pending = True
             return
-        from ..plots import render_curves
-
         ratio = self.native.devicePixelRatioF()
         width = max(self.plot_label.native.width(), 120)  # the label's width: the image never widens the dock
-        self._plot_worker = create_worker(render_curves, [dict(h) for h in self.history], int(width * ratio),
+        self._plot_worker = create_worker(_render_curves, [dict(h) for h in self.history], int(width * ratio),
                                           int(PLOT_HEIGHT * ratio), 100.0 * ratio, _start_thread=False)
         self._plot_worker.returned.connect(self._show_plot)
         self._plot_worker.finished.connect(self._on_plot_finished)
