@@ -718,3 +718,43 @@ def test_the_network_and_the_post_processing_run_below_the_window(widget, qtbot,
     assert seen["network"] >= WORKER_NICENESS
     assert len(seen["post-processing"]) == 2 and min(seen["post-processing"]) >= WORKER_NICENESS
     assert priority() == gui_before
+
+
+def test_the_spare_result_layers_give_the_selection_back_through_the_manifest(make_napari_viewer, qtbot,
+                                                                              tiny_checkpoint):
+    """Issue 13 (stalls): the Segment dock opened from the plugin menu (its viewer is napari's public-only proxy) adds
+    the two hidden result layers for the sample patient and gives the user's selection back, as with a plain viewer
+    (through the proxy every layer came back as a new wrapper, and the selection stayed on the hidden spare)."""
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-lgg-seg", "phantom")
+    chosen = viewer.layers.selection.active
+    assert chosen is not None
+    _dock, w = viewer.window.add_plugin_dock_widget("napari-lgg-seg", "Segment tumour")
+    w.ask = never_ask
+    assert w.add_checkpoint(tiny_checkpoint)
+    spare_names = {"spare result layer (probability)", "spare result layer (tumour)"}
+    qtbot.waitUntil(lambda: spare_names <= {layer.name for layer in viewer.layers}, timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: viewer.layers.selection.active is chosen, timeout=5000)
+    assert set(viewer.layers.selection) == {chosen}
+    assert result_layer_names(viewer) == []
+
+
+def test_the_active_layer_is_found_through_a_docks_proxy(make_napari_viewer):
+    """A dock opened from the plugin menu sees napari's public-only proxy of the viewer, whose ``selection.active`` is
+    a new wrapper at each access: the correction layer the user selected is still the one found, and a parked
+    active layer leaves the selection."""
+    from napari_lgg_seg.widgets._common import park_result_layers, tumour_layer
+
+    viewer = make_napari_viewer()
+    add_patient(viewer)
+    _dock, w = viewer.window.add_plugin_dock_widget("napari-lgg-seg", "Segment tumour")
+    proxy = w.viewer
+    assert hasattr(proxy, "__wrapped__"), "the dock is expected to see a proxy"
+    meta = {"lgg_patient_id": PID, "lgg_role": "prediction"}
+    named = viewer.add_labels(np.zeros((8, 64, 64), np.uint8), name=f"{PID} tumour", metadata=dict(meta))
+    other = viewer.add_labels(np.zeros((8, 64, 64), np.uint8), name=f"{PID} tumour (second model)", metadata=meta)
+    viewer.layers.selection.active = other
+    assert tumour_layer(proxy, PID) is other  # the user's choice, not the layer named "<PATIENT> tumour"
+    viewer.layers.selection.active = named
+    assert park_result_layers(proxy, [named]) == []
+    assert viewer.layers.selection.active is not named and named not in viewer.layers.selection

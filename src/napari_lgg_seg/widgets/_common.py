@@ -206,7 +206,7 @@ def tumour_layer(viewer, patient_id: str | None):
     if patient_id is None:
         return None
     layers = prediction_layers(viewer, patient_id)
-    active = viewer.layers.selection.active
+    active = active_layer(viewer)
     if any(layer is active for layer in layers):
         return active
     named = [layer for layer in layers if layer.name == f"{patient_id} tumour"]
@@ -227,7 +227,8 @@ def safe_remove_layers(viewer, layers) -> None:
         if getattr(layer, "mode", "pan_zoom") != "pan_zoom":
             layer.mode = "pan_zoom"
     selection = viewer.layers.selection
-    if any(layer is selection.active for layer in doomed) or any(layer in selection for layer in doomed):
+    active = active_layer(viewer)
+    if any(layer is active for layer in doomed) or any(layer in selection for layer in doomed):
         kept = [layer for layer in viewer.layers if not any(layer is d for d in doomed)]
         selection.active = kept[-1] if kept else None
     batched = getattr(viewer.layers, "batched_update", None) or contextlib.nullcontext
@@ -252,7 +253,7 @@ def park_result_layers(viewer, layers) -> list:
         spare_types.add(kind)
         if getattr(layer, "mode", "pan_zoom") != "pan_zoom":  # never a painting layer left behind (bug 1)
             layer.mode = "pan_zoom"
-        if viewer.layers.selection.active is layer:
+        if active_layer(viewer) is layer:
             viewer.layers.selection.active = None
         viewer.layers.selection.discard(layer)
         parked.append(layer)
@@ -267,8 +268,15 @@ def park_result_layers(viewer, layers) -> list:
 
 
 def unproxied(viewer):
-    """The viewer behind a dock's viewer (napari gives each dock its own public-only proxy of it)."""
+    """The viewer behind a dock's viewer (napari gives each dock its own public-only proxy of it); also the object
+    behind anything that proxy returns."""
     return getattr(viewer, "__wrapped__", viewer)
+
+
+def active_layer(viewer):
+    """The selected layer itself: through a dock's proxy ``selection.active`` is a new wrapper at each access, never
+    ``is`` the layer (iterating ``viewer.layers`` gives the layers themselves)."""
+    return unproxied(viewer.layers.selection.active)
 
 
 @contextlib.contextmanager

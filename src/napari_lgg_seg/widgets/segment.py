@@ -42,6 +42,7 @@ from ._common import (
     ROLE_SPARE,
     SPARE_NAMES,
     PatientLayers,
+    active_layer,
     ai_mask_of,
     disconnector,
     find_patients,
@@ -59,6 +60,7 @@ from ._common import (
     status_html,
     take_spare_layer,
     tumour_layer,
+    unproxied,
     volume_readout,
     voxels_changed,
     wrapped_label,
@@ -347,10 +349,10 @@ class SegmentWidget(Container):
         else:
             self.viewer.add_labels(np.zeros((1,) * ndim, np.uint8), opacity=0.6,
                                    colormap=labels_colormap(TUMOUR_COLOR), **options)
-        spare = layers[-1]
+        spare = unproxied(layers[-1])  # a dock's viewer is a proxy: compare the layers behind it
 
         def give_the_selection_back() -> None:  # a hidden spare never keeps the user's selection
-            if layers.selection.active is spare and (active is None or active in layers):
+            if active_layer(self.viewer) is spare and (active is None or active in layers):
                 layers.selection.active = active
                 layers.selection.update(la for la in selected if la in layers)
             if len(missing) > 1:
