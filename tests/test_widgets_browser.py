@@ -271,3 +271,24 @@ def test_the_prefetch_and_export_threads_run_below_the_window(setup, tmp_path):
     thread.join(30)
     assert seen and seen[0] >= WORKER_NICENESS
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == gui_before
+
+
+def test_a_switch_leaves_parked_result_layers_above_without_a_reorder(setup):
+    """Issue 13 (stalls): parked result layers (hidden, one voxel) may stay above the next patient's layers; the
+    switch then reorders nothing (napari: about 10 ms of frozen window per reorder) and the patient's layers are the
+    top of the rest, in the reader's order."""
+    from napari_lgg_seg.widgets._common import SPARE_NAMES
+
+    viewer, browser, names = setup
+    for kind, name in SPARE_NAMES.items():
+        getattr(viewer, f"add_{kind}")(np.zeros((1, 1, 1), np.uint8 if kind == "labels" else np.float32), name=name,
+                                       visible=False, metadata={"lgg_role": "spare"})
+    reordered = []
+    viewer.layers.events.reordered.connect(lambda e: reordered.append(e))
+    viewer.layers.events.moved.connect(lambda e: reordered.append(e))
+    assert browser.next()
+    assert reordered == []
+    assert [layer.name for layer in viewer.layers] == [
+        f"{names[1]} pre-contrast", f"{names[1]} post-contrast", f"{names[1]} FLAIR", f"{names[1]} ground truth",
+        *SPARE_NAMES.values()]
+    assert patients_open(viewer) == {names[1]}

@@ -243,7 +243,7 @@ def park_result_layers(viewer, layers) -> list:
     one, a few ms to refill one. A parked layer is hidden, emptied (one voxel: it does not stretch the dims slider),
     named ``SPARE_NAMES`` and belongs to no patient. At most one of each type is kept; returns the layers that were
     not parked (the caller removes them)."""
-    spare_types = {layer._type_string for layer in viewer.layers if _is_spare(layer)}
+    spare_types = {layer._type_string for layer in viewer.layers if is_spare_layer(layer)}
     rest, parked = [], []
     for layer in layers:
         kind = layer._type_string
@@ -296,14 +296,15 @@ def one_dims_update(viewer, layers: list):
     update()
 
 
-def _is_spare(layer) -> bool:
+def is_spare_layer(layer) -> bool:
+    """A result layer parked for the next result (``park_result_layers``)."""
     return (layer.metadata or {}).get("lgg_role") == ROLE_SPARE
 
 
 def take_spare_layer(viewer, layer_type: str, ndim: int):
     """A parked result layer of ``layer_type`` ("image" / "labels") and ``ndim`` for reuse, or None."""
     return next((layer for layer in viewer.layers
-                 if _is_spare(layer) and layer._type_string == layer_type and layer.ndim == ndim), None)
+                 if is_spare_layer(layer) and layer._type_string == layer_type and layer.ndim == ndim), None)
 
 
 @contextlib.contextmanager

@@ -21,6 +21,7 @@ from ._common import (
     ai_mask_of,
     fit_layer_list_to_patients,
     has_unexported_edits,
+    is_spare_layer,
     keep_gc_pauses_short,
     notify,
     one_dims_update,
@@ -709,9 +710,12 @@ def _same(current, value) -> bool:
 
 
 def _move_to_top(viewer, layers: list) -> None:
-    """Put ``layers`` on top of the layer list, in this order (nothing moves when they already are)."""
+    """Put ``layers`` on top of the layer list, in this order. Nothing moves when they already are, parked result
+    layers aside: hidden and one voxel, those may stay above (the next result refills them and puts them on top),
+    which saves napari a reorder (about 10 ms of frozen window) per patient."""
     n = len(viewer.layers)
-    on_top = list(viewer.layers)[n - len(layers):]
+    shown = [layer for layer in viewer.layers if not is_spare_layer(layer)]
+    on_top = shown[len(shown) - len(layers):]
     if len(on_top) == len(layers) and all(a is b for a, b in zip(on_top, layers)):
         return
     indices = [viewer.layers.index(layer) for layer in layers]
