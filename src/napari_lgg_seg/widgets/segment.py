@@ -48,6 +48,7 @@ from ._common import (
     find_patients,
     fit_layer_list_to_patients,
     has_unexported_edits,
+    is_spare_layer,
     keep_gc_pauses_short,
     notify,
     prediction_layers,
@@ -139,7 +140,21 @@ def _reuse(viewer, layer, data: np.ndarray, metadata: dict, name: str, geometry:
         layer.axis_labels = geometry["axis_labels"]
     layer.data = data
     layer.name = name
-    viewer.layers.move(viewer.layers.index(layer), len(viewer.layers))
+    index = viewer.layers.index(layer)
+    if not all(is_spare_layer(above) for above in list(viewer.layers)[index + 1:]):  # spares above: refilled next
+        viewer.layers.move(index, len(viewer.layers))  # napari reorders in about 10 ms of frozen window
+
+
+def _has_one_colour(labels, color: str) -> bool:
+    """True when ``labels`` already draws label 1 in ``color`` and the others transparent (``labels_colormap``)."""
+    from napari.utils.colormaps.standardize_color import transform_color
+
+    try:
+        background, other = labels.get_color(0), labels.get_color(2)  # None: napari's background, not drawn
+        return (np.allclose(labels.get_color(1), transform_color(color)[0])
+                and (background is None or background[3] == 0) and (other is None or other[3] == 0))
+    except (AttributeError, TypeError, ValueError, IndexError):
+        return False
 
 
 class SegmentWidget(Container):
@@ -665,7 +680,12 @@ class SegmentWidget(Container):
                 labels.metadata = label_meta
                 labels.data = mask
             elif (labels := take_spare_layer(self.viewer, "labels", mask.ndim)) is not None:
-                labels.colormap, labels.opacity, labels.contour = labels_colormap(TUMOUR_COLOR), 0.6, 0
+                if not _has_one_colour(labels, TUMOUR_COLOR):  # napari rebuilds its colour textures for each set
+                    labels.colormap = labels_colormap(TUMOUR_COLOR)
+                if labels.opacity != 0.6:
+                    labels.opacity = 0.6
+                if labels.contour != 0:
+                    labels.contour = 0
                 _reuse(self.viewer, labels, mask, label_meta, name, geometry)
                 labels.visible = True
                 self._watch_labels(labels)
