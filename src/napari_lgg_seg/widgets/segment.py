@@ -133,7 +133,8 @@ def _later(callback, delay_ms: int = 0) -> None:
 
 
 def _reuse(viewer, layer, data: np.ndarray, metadata: dict, name: str, geometry: dict) -> None:
-    """Refill a parked result layer (``_common.park_result_layers``) with a new result, on top of the list."""
+    """Refill a parked result layer (``_common.park_result_layers``) with a new result, on top of the list (or under
+    other parked layers only, which the next refill takes: nothing moves then)."""
     layer.metadata = metadata
     layer.scale, layer.translate = geometry["scale"], geometry["translate"]
     if tuple(layer.axis_labels) != tuple(geometry["axis_labels"]):
