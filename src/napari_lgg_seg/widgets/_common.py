@@ -243,7 +243,7 @@ def park_result_layers(viewer, layers) -> list:
     one, a few ms to refill one. A parked layer is hidden, emptied (one voxel: it does not stretch the dims slider),
     named ``SPARE_NAMES`` and belongs to no patient. At most one of each type is kept; returns the layers that were
     not parked (the caller removes them)."""
-    spare_types = {layer._type_string for layer in viewer.layers if is_spare_layer(layer)}
+    spare_types = {layer._type_string for layer in viewer.layers if _is_spare(layer)}
     rest, parked = [], []
     for layer in layers:
         kind = layer._type_string
@@ -296,15 +296,28 @@ def one_dims_update(viewer, layers: list):
     update()
 
 
-def is_spare_layer(layer) -> bool:
+def _is_spare(layer) -> bool:
     """A result layer parked for the next result (``park_result_layers``)."""
     return (layer.metadata or {}).get("lgg_role") == ROLE_SPARE
+
+
+def move_to_top(viewer, layers: list) -> None:
+    """Put ``layers`` on top of the layer list, in this order. Nothing moves when they already are, parked result
+    layers aside: hidden and one voxel, those may stay above (the next result refills them and puts them on top),
+    which saves napari a reorder (about 10 ms of frozen window) per patient and per result."""
+    n = len(viewer.layers)
+    shown = [layer for layer in viewer.layers if not _is_spare(layer)]
+    on_top = shown[len(shown) - len(layers):]
+    if len(on_top) == len(layers) and all(a is b for a, b in zip(on_top, layers)):
+        return
+    indices = [viewer.layers.index(layer) for layer in layers]
+    viewer.layers.move_multiple(indices, n)
 
 
 def take_spare_layer(viewer, layer_type: str, ndim: int):
     """A parked result layer of ``layer_type`` ("image" / "labels") and ``ndim`` for reuse, or None."""
     return next((layer for layer in viewer.layers
-                 if is_spare_layer(layer) and layer._type_string == layer_type and layer.ndim == ndim), None)
+                 if _is_spare(layer) and layer._type_string == layer_type and layer.ndim == ndim), None)
 
 
 @contextlib.contextmanager
@@ -345,6 +358,7 @@ def run_below_the_window() -> None:
 
 
 _FREEZE_AFTER_FULL_GC: dict = {"callback": None, "docks": 0}
+_gc_watched: weakref.WeakSet = weakref.WeakSet()  # viewers whose layer removals unfreeze
 
 
 def keep_gc_pauses_short(viewer, dock) -> None:
@@ -361,8 +375,6 @@ def keep_gc_pauses_short(viewer, dock) -> None:
     (napari's collection at layer removal guards a driver crash there)."""
     if sys.platform == "win32" or os.environ.get("LGG_SEG_GC_FREEZE", "1") == "0":
         return
-    from qtpy.QtCore import QTimer
-
     state = _FREEZE_AFTER_FULL_GC
     if state["callback"] is None:
         def freeze_survivors(phase: str, info: dict) -> None:
@@ -373,20 +385,25 @@ def keep_gc_pauses_short(viewer, dock) -> None:
         gc.callbacks.append(freeze_survivors)
         gc.freeze()  # what exists now (napari, Qt, torch) is long-lived: the next full collection skips it too
     state["docks"] += 1
-
-    def on_removed(_event=None) -> None:
-        QTimer.singleShot(0, gc.unfreeze)
+    viewer = unproxied(viewer)
+    if viewer not in _gc_watched:  # once per viewer, not once per dock (an unfreeze with nothing frozen is free)
+        _gc_watched.add(viewer)
+        viewer.layers.events.removed.connect(_unfreeze_next_turn)
 
     def on_closed(*_args) -> None:
-        viewer.layers.events.removed.disconnect(on_removed)
         state["docks"] -= 1
         if state["docks"] <= 0 and state["callback"] is not None:
             gc.callbacks.remove(state["callback"])
             state["callback"] = None
         gc.unfreeze()
 
-    viewer.layers.events.removed.connect(on_removed)
     dock.destroyed.connect(on_closed)
+
+
+def _unfreeze_next_turn(_event=None) -> None:
+    from qtpy.QtCore import QTimer
+
+    QTimer.singleShot(0, gc.unfreeze)
 
 
 def probability_layer_for(viewer, labels_layer):

@@ -21,8 +21,8 @@ from ._common import (
     ai_mask_of,
     fit_layer_list_to_patients,
     has_unexported_edits,
-    is_spare_layer,
     keep_gc_pauses_short,
+    move_to_top,
     notify,
     one_dims_update,
     park_result_layers,
@@ -411,7 +411,7 @@ class PatientBrowser(Container):
         layers = []
         for old, data, kwargs, layer_type in plan:
             layers.append(old if old is not None else self.viewer.add_layer(Layer.create(data, kwargs, layer_type)))
-        _move_to_top(self.viewer, layers)
+        move_to_top(self.viewer, layers)
 
     def _set_current(self, index: int, patient: Patient) -> None:
         self.current_index = index
@@ -707,19 +707,6 @@ def _same(current, value) -> bool:
         return bool(np.array_equal(np.asarray(current, dtype=float), np.asarray(value, dtype=float)))
     except (TypeError, ValueError):
         return str(current) == str(value)
-
-
-def _move_to_top(viewer, layers: list) -> None:
-    """Put ``layers`` on top of the layer list, in this order. Nothing moves when they already are, parked result
-    layers aside: hidden and one voxel, those may stay above (the next result refills them and puts them on top),
-    which saves napari a reorder (about 10 ms of frozen window) per patient."""
-    n = len(viewer.layers)
-    shown = [layer for layer in viewer.layers if not is_spare_layer(layer)]
-    on_top = shown[len(shown) - len(layers):]
-    if len(on_top) == len(layers) and all(a is b for a, b in zip(on_top, layers)):
-        return
-    indices = [viewer.layers.index(layer) for layer in layers]
-    viewer.layers.move_multiple(indices, n)
 
 
 def _signature(folder: Path) -> tuple:

@@ -48,8 +48,8 @@ from ._common import (
     find_patients,
     fit_layer_list_to_patients,
     has_unexported_edits,
-    is_spare_layer,
     keep_gc_pauses_short,
+    move_to_top,
     notify,
     prediction_layers,
     probability_layer_for,
@@ -141,21 +141,39 @@ def _reuse(viewer, layer, data: np.ndarray, metadata: dict, name: str, geometry:
         layer.axis_labels = geometry["axis_labels"]
     layer.data = data
     layer.name = name
-    index = viewer.layers.index(layer)
-    if not all(is_spare_layer(above) for above in list(viewer.layers)[index + 1:]):  # spares above: refilled next
-        viewer.layers.move(index, len(viewer.layers))  # napari reorders in about 10 ms of frozen window
+    move_to_top(viewer, [layer])
 
 
-def _has_one_colour(labels, color: str) -> bool:
-    """True when ``labels`` already draws label 1 in ``color`` and the others transparent (``labels_colormap``)."""
+PROBABILITY_LOOK = {"colormap": "magma", "contrast_limits": (0.0, 1.0)}  # the hidden probability image
+TUMOUR_OPACITY = 0.6
+
+
+def _tumour_look() -> dict:
+    """Display options of a tumour Labels layer: label 1 filled in the tumour colour, the rest transparent."""
+    from ..display import TUMOUR_COLOR, labels_colormap
+
+    return {"opacity": TUMOUR_OPACITY, "colormap": labels_colormap(TUMOUR_COLOR)}
+
+
+def _give_tumour_look(labels) -> None:
+    """Give a reused Labels layer the tumour look, setting only what differs (napari rebuilds its colour textures
+    and redraws for each set, changed or not)."""
     from napari.utils.colormaps.standardize_color import transform_color
+
+    from ..display import TUMOUR_COLOR
 
     try:
         background, other = labels.get_color(0), labels.get_color(2)  # None: napari's background, not drawn
-        return (np.allclose(labels.get_color(1), transform_color(color)[0])
-                and (background is None or background[3] == 0) and (other is None or other[3] == 0))
+        same_colours = (np.allclose(labels.get_color(1), transform_color(TUMOUR_COLOR)[0])
+                        and (background is None or background[3] == 0) and (other is None or other[3] == 0))
     except (AttributeError, TypeError, ValueError, IndexError):
-        return False
+        same_colours = False
+    if not same_colours:
+        labels.colormap = _tumour_look()["colormap"]
+    if labels.opacity != TUMOUR_OPACITY:
+        labels.opacity = TUMOUR_OPACITY
+    if labels.contour != 0:
+        labels.contour = 0
 
 
 class SegmentWidget(Container):
@@ -353,19 +371,15 @@ class SegmentWidget(Container):
         missing = [kind for kind in SPARE_NAMES if take_spare_layer(self.viewer, kind, ndim) is None]
         if not missing:
             return
-        from ..display import TUMOUR_COLOR, labels_colormap
-
         options = {"name": SPARE_NAMES[missing[0]], "visible": False, "metadata": {"lgg_role": ROLE_SPARE},
                    "multiscale": False, "scale": ref.scale, "translate": ref.translate, "axis_labels": ref.axis_labels}
         layers = self.viewer.layers
         active, selected = layers.selection.active, set(layers.selection)
         if missing[0] == "image":
-            self.viewer.add_image(np.zeros((1,) * ndim, np.float32), colormap="magma", contrast_limits=(0.0, 1.0),
-                                  **options)
+            spare = self.viewer.add_image(np.zeros((1,) * ndim, np.float32), **PROBABILITY_LOOK, **options)
         else:
-            self.viewer.add_labels(np.zeros((1,) * ndim, np.uint8), opacity=0.6,
-                                   colormap=labels_colormap(TUMOUR_COLOR), **options)
-        spare = unproxied(layers[-1])  # a dock's viewer is a proxy: compare the layers behind it
+            spare = self.viewer.add_labels(np.zeros((1,) * ndim, np.uint8), **_tumour_look(), **options)
+        spare = unproxied(spare)  # a dock's viewer is a proxy: compare the layer behind it
 
         def give_the_selection_back() -> None:  # a hidden spare never keeps the user's selection
             if active_layer(self.viewer) is spare and (active is None or active in layers):
@@ -646,8 +660,6 @@ class SegmentWidget(Container):
 
         A patient segmented before keeps its two layers: their data is replaced (a few ms), never removed and added
         again (napari: 0.1-0.3 s per layer added or removed)."""
-        from ..display import TUMOUR_COLOR, labels_colormap
-
         pid, ref, rid = patient.patient_id, patient.reference, uuid.uuid4().hex
         name = f"{pid} tumour"
         geometry = {"scale": ref.scale, "translate": ref.translate, "axis_labels": ref.axis_labels}
@@ -672,8 +684,8 @@ class SegmentWidget(Container):
             if spare is not None:
                 _reuse(self.viewer, spare, probs, prob_meta, f"{pid} tumour probability", geometry)
                 return
-            self.viewer.add_image(probs, name=f"{pid} tumour probability", visible=False, colormap="magma",
-                                  contrast_limits=(0.0, 1.0), metadata=prob_meta, multiscale=False, **geometry)
+            self.viewer.add_image(probs, name=f"{pid} tumour probability", visible=False, metadata=prob_meta,
+                                  multiscale=False, **PROBABILITY_LOOK, **geometry)
 
         def place_labels() -> None:
             labels = state["labels"]
@@ -681,18 +693,13 @@ class SegmentWidget(Container):
                 labels.metadata = label_meta
                 labels.data = mask
             elif (labels := take_spare_layer(self.viewer, "labels", mask.ndim)) is not None:
-                if not _has_one_colour(labels, TUMOUR_COLOR):  # napari rebuilds its colour textures for each set
-                    labels.colormap = labels_colormap(TUMOUR_COLOR)
-                if labels.opacity != 0.6:
-                    labels.opacity = 0.6
-                if labels.contour != 0:
-                    labels.contour = 0
+                _give_tumour_look(labels)
                 _reuse(self.viewer, labels, mask, label_meta, name, geometry)
                 labels.visible = True
                 self._watch_labels(labels)
             else:
-                labels = self.viewer.add_labels(mask, name=name, opacity=0.6, metadata=label_meta,
-                                                colormap=labels_colormap(TUMOUR_COLOR), multiscale=False, **geometry)
+                labels = self.viewer.add_labels(mask, name=name, metadata=label_meta, multiscale=False,
+                                                **_tumour_look(), **geometry)
                 self._watch_labels(labels)
             state["labels"] = labels
 
@@ -821,8 +828,6 @@ class SegmentWidget(Container):
 
     def restore_recovery(self, patient: PatientLayers, rec: recovery.Recovery):
         """Add a recovered correction as '<PATIENT> tumour (recovered)'."""
-        from ..display import TUMOUR_COLOR, labels_colormap
-
         ref = patient.reference
         shape = tuple(np.shape(ref.data))
         if rec.mask.size != int(np.prod(shape)):
@@ -834,9 +839,9 @@ class SegmentWidget(Container):
                 "lgg_model": rec.info.get("lgg_model"), "lgg_model_label": rec.info.get("lgg_model_label")}
         if rec.ai_mask is not None and rec.ai_mask.size == mask.size:
             meta[AI_MASK_KEY] = rec.ai_mask.reshape(shape)
-        layer = self.viewer.add_labels(mask, name=f"{patient.patient_id} tumour (recovered)", opacity=0.6,
-                                       colormap=labels_colormap(TUMOUR_COLOR), metadata=meta, scale=ref.scale,
-                                       translate=ref.translate, axis_labels=ref.axis_labels)
+        layer = self.viewer.add_labels(mask, name=f"{patient.patient_id} tumour (recovered)", metadata=meta,
+                                       scale=ref.scale, translate=ref.translate, axis_labels=ref.axis_labels,
+                                       **_tumour_look())
         self._last_autosave[id(layer)] = mask_digest(mask)
         self._watch_labels(layer)
         self._ready_for_the_brush(layer)
