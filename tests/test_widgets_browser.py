@@ -91,7 +91,7 @@ def test_unedited_results_are_closed_with_the_patient(setup):
 
 
 def test_unexported_corrections_ask_first(setup):
-    from napari_lgg_seg.widgets._common import mark_exported
+    from napari_lgg_seg.layers import mark_exported
 
     viewer, browser, names = setup
     layer = _prediction(viewer, names[0], edited=True)
@@ -277,7 +277,7 @@ def test_a_switch_leaves_parked_result_layers_above_without_a_reorder(setup):
     """Issue 13 (stalls): parked result layers (hidden, one voxel) may stay above the next patient's layers; the
     switch then reorders nothing (napari: about 10 ms of frozen window per reorder) and the patient's layers are the
     top of the rest, in the reader's order."""
-    from napari_lgg_seg.widgets._common import SPARE_NAMES
+    from napari_lgg_seg.layers import SPARE_NAMES
 
     viewer, browser, names = setup
     for kind, name in SPARE_NAMES.items():

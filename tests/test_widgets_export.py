@@ -170,8 +170,8 @@ def test_export_dock_never_offers_the_ground_truth_by_default(make_napari_viewer
 
 def test_export_patient_is_callable_without_the_dock(make_napari_viewer, phantom_patient, tmp_path):
     """The workflow's entry: the patient's tumour layer (never the ground truth), overwrite semantics, autosave."""
-    from napari_lgg_seg.widgets._common import has_unexported_edits
-    from napari_lgg_seg.widgets.export import export_patient
+    from napari_lgg_seg.export import export_patient
+    from napari_lgg_seg.layers import has_unexported_edits
 
     viewer = make_napari_viewer()
     viewer.open(str(phantom_patient), plugin=PLUGIN)

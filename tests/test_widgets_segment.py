@@ -396,7 +396,7 @@ def test_result_layers_are_added_one_event_loop_turn_apart(widget, qtbot, tiny_c
 
 
 def test_single_2d_image_is_replicated(widget, qtbot, tiny_checkpoint):
-    from napari_lgg_seg.widgets._common import find_patients
+    from napari_lgg_seg.layers import find_patients
 
     images, _ = make_phantom(n_slices=3, size=64, seed=1)
     widget.viewer.add_image(images[1, :, :, 1], name="some flair")
@@ -411,7 +411,7 @@ def test_single_2d_image_is_replicated(widget, qtbot, tiny_checkpoint):
 
 
 def test_patient_volume_rebuilds_the_three_channels(make_napari_viewer):
-    from napari_lgg_seg.widgets._common import find_patients
+    from napari_lgg_seg.layers import find_patients
 
     viewer = make_napari_viewer()
     patient = add_patient(viewer)
@@ -462,20 +462,6 @@ def test_recovery_files_roundtrip(tmp_path):
         assert recovery.load_recovery("P/../x") is None
     assert path.exists()  # a damaged file is kept
     assert recovery.clear_recovery("P/../x") and not recovery.has_recovery("P/../x")
-
-
-def test_volume_readout_units():
-    from napari_lgg_seg.metrics import dice
-    from napari_lgg_seg.widgets._common import volume_readout
-
-    mask = np.zeros((4, 5, 5), np.uint8)
-    mask[1, :2, :2] = 1
-    mask[3, 0, 0] = 1
-    assert volume_readout(mask) == "5 voxels in 2 slices"
-    assert volume_readout(mask, (1, 1, 1)) == "5 voxels in 2 slices"
-    assert volume_readout(mask, (3, 0.5, 0.5)) == "5 voxels in 2 slices = 3.8 mm\u00b3"
-    assert dice(mask, mask) == 1.0 and dice(mask, np.zeros_like(mask)) == 0.0
-    assert dice(np.zeros(3), np.zeros(3)) == 1.0
 
 
 def test_default_model_and_file_picker(make_napari_viewer, monkeypatch, tmp_path):
@@ -540,7 +526,7 @@ def test_a_runtime_error_in_the_worker_is_reported_and_the_dock_recovers(widget,
 def test_status_names_the_patient_on_screen_through_the_manifest(make_napari_viewer, qtbot, tiny_checkpoint):
     """issue 13, bug 2: after the previous patient's layers are swapped for the next one's (as the browser does),
     the Segment status names the patient on screen, not the old one; `segment(patient_id)` picks the patient."""
-    from napari_lgg_seg.widgets._common import safe_remove_layers
+    from napari_lgg_seg.layers import safe_remove_layers
     from napari_lgg_seg.widgets.segment import segment_current, segment_dock
 
     viewer = make_napari_viewer()
@@ -598,7 +584,7 @@ def test_result_and_ground_truth_differ_in_colour_through_the_manifest(make_napa
 def test_safe_remove_layers_leaves_paint_mode_first(make_napari_viewer):
     """issue 13, bug 1: removing the active Labels layer in paint mode and then adding layers segfaults napari;
     `safe_remove_layers` switches it to pan_zoom and moves the selection off it before removing it."""
-    from napari_lgg_seg.widgets._common import safe_remove_layers
+    from napari_lgg_seg.layers import safe_remove_layers
 
     viewer = make_napari_viewer()
     image = viewer.add_image(np.zeros((2, 8, 8)), name="image")
@@ -747,7 +733,7 @@ def test_the_active_layer_is_found_through_a_docks_proxy(make_napari_viewer):
     """A dock opened from the plugin menu sees napari's public-only proxy of the viewer, whose ``selection.active`` is
     a new wrapper at each access: the correction layer the user selected is still the one found, and a parked
     active layer leaves the selection."""
-    from napari_lgg_seg.widgets._common import park_result_layers, tumour_layer
+    from napari_lgg_seg.layers import park_result_layers, tumour_layer
 
     viewer = make_napari_viewer()
     add_patient(viewer)

@@ -246,7 +246,7 @@ def test_opening_a_root_segments_its_first_patient(make_napari_viewer, qtbot, ph
 def test_the_next_button_leaves_a_segmented_patient_in_two_turns(ready, qtbot):
     """The dock's Next (button, key, list) parks the results in one event-loop turn and opens the next patient in
     the next one (issue 13: shorter freezes); no layer is removed; the API's next() stays synchronous."""
-    from napari_lgg_seg.widgets._common import ROLE_SPARE
+    from napari_lgg_seg.layers import ROLE_SPARE
 
     viewer, browser, names = ready
     pid, labels = segment_and_wait(qtbot, viewer, browser)
@@ -277,7 +277,7 @@ def test_a_segment_click_before_the_automatic_one_segments_once(make_napari_view
 def test_the_next_patients_result_reuses_the_previous_result_layers(ready, qtbot):
     """Leaving a segmented patient parks its two result layers (hidden, one voxel, no patient); the next patient's
     result refills them: no layer is removed or added (0.1-0.25 s of frozen window each in napari)."""
-    from napari_lgg_seg.widgets._common import ROLE_SPARE
+    from napari_lgg_seg.layers import ROLE_SPARE
 
     viewer, browser, names = ready
     pid, labels = segment_and_wait(qtbot, viewer, browser)

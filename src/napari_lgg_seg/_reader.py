@@ -126,6 +126,33 @@ def load_folder(folder: str | os.PathLike) -> tuple[Patient, list[tuple]]:
     return load_patient(folder), []
 
 
+def read_folder(folder: str | os.PathLike) -> tuple[Patient, list[tuple], list[tuple]]:
+    """``(patient, extra layer tuples, patient layer tuples)`` of a patient (or segment output) folder, with the
+    patient's contrast computed: what the patient browser shows (any thread)."""
+    patient, extra_layers = load_folder(folder)
+    return patient, extra_layers, patient_layer_data(patient)
+
+
+def signature_of(folder: str | os.PathLike) -> tuple:
+    """Names, sizes and modification times of a folder's files (and of a segment output's source folder): a copy
+    read earlier is still the folder's while this is unchanged."""
+    def listing(path) -> tuple:
+        try:
+            return tuple(sorted((e.name, e.stat().st_size, e.stat().st_mtime_ns) for e in os.scandir(path)))
+        except OSError:
+            return ()
+
+    source = mask_folder_source(folder)
+    return listing(folder), (listing(source) if source is not None else ())
+
+
+def read_folder_signed(folder: str | os.PathLike) -> tuple[tuple, tuple[Patient, list[tuple], list[tuple]]]:
+    """``(signature_of(folder), read_folder(folder))``, the signature taken first: a file written meanwhile makes
+    the signatures differ, so the copy is not used (the patient browser's prefetch)."""
+    signature = signature_of(folder)
+    return signature, read_folder(folder)
+
+
 def read_mask_folder(folder: str | os.PathLike) -> list[tuple]:
     """A ``segment`` output folder: its source patient's layers plus the masks as the ``<PATIENT> tumour`` layer."""
     patient, masks, extra = _load_mask_folder(Path(folder))

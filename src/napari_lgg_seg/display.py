@@ -26,6 +26,15 @@ def labels_colormap(color: str) -> dict:
     return {0: "transparent", 1: color, None: "transparent"}
 
 
+PROBABILITY_LOOK = {"colormap": "magma", "contrast_limits": (0.0, 1.0)}  # the result's (hidden) probability image
+TUMOUR_OPACITY = 0.6
+
+
+def tumour_look() -> dict:
+    """Display options of a tumour Labels layer: label 1 filled in the tumour colour, the rest transparent."""
+    return {"opacity": TUMOUR_OPACITY, "colormap": labels_colormap(TUMOUR_COLOR)}
+
+
 def head_mask(volume: np.ndarray) -> np.ndarray:
     """Voxels inside the head: Otsu foreground, with the holes of each slice filled (dark CSF, necrosis)."""
     from scipy import ndimage

@@ -1,11 +1,12 @@
-"""Helpers shared by the widgets: patient layers in a viewer, the model registry, edit tracking.
+"""What the docks share: the run-time model registry, the window's responsiveness (worker priority, short GC
+pauses, a layer list wide enough for patient names) and their status lines and questions.
 
-Nothing here imports torch.
+The layers themselves (patients, results, edit tracking) are handled Qt-free in ``napari_lgg_seg.layers``. Nothing
+here imports torch.
 """
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import html
 import os
@@ -13,27 +14,12 @@ import sys
 import threading
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 
-import numpy as np
 from psygnal import Signal
 
-from ..io import CHANNEL_NAMES, FLAIR_CHANNEL, sanitize_name
-from ..recovery import mask_digest
-
-PATIENT_META_KEYS = ("lgg_patient_id", "lgg_folder", "lgg_slice_numbers", "lgg_image_files", "lgg_mask_files")
-ROLE_PREDICTION = "prediction"
-ROLE_PROBABILITY = "probability"
-ROLE_GROUND_TRUTH = "ground_truth"
-ROLE_SPARE = "spare"  # a result layer of a patient that left the screen, hidden and emptied, for the next result
-SPARE_NAMES = {"image": "spare result layer (probability)", "labels": "spare result layer (tumour)"}
-AI_MASK_KEY = "lgg_ai_mask"  # uint8 (Z, H, W) copy of the network's output, to count the user's edits
-EXPORTED_KEY = "lgg_exported_digest"  # mask_digest of the labels when they were last exported
-RESULT_KEY = "lgg_result_id"  # links a prediction layer to its probability layer
-FLAIR_NAME = CHANNEL_NAMES[FLAIR_CHANNEL]
-
+from ..layers import unproxied
 
 # ----------------------------------------------------------------------------------------- models
 
@@ -84,259 +70,7 @@ def current_model_path() -> str | None:
     return _CURRENT_MODEL["path"]
 
 
-# --------------------------------------------------------------------------------------- patients
-
-
-@dataclass
-class PatientLayers:
-    """The image layers of one patient in a viewer (channel name -> layer)."""
-
-    patient_id: str
-    channels: dict = field(default_factory=dict)
-    is_lgg: bool = True
-
-    @property
-    def reference(self):
-        """The FLAIR layer (or the only image layer): geometry and metadata come from it."""
-        return self.channels.get(FLAIR_NAME) or next(iter(self.channels.values()))
-
-    @property
-    def label(self) -> str:
-        return self.patient_id if self.is_lgg else f"{self.reference.name} (single image)"
-
-    def metadata(self) -> dict:
-        """The patient's ``Patient.metadata()`` keys, copied from the reference layer."""
-        meta = dict(self.reference.metadata or {})
-        out = {k: meta[k] for k in PATIENT_META_KEYS if k in meta}
-        out.setdefault("lgg_patient_id", self.patient_id)
-        return out
-
-    def volume(self) -> np.ndarray:
-        """(Z, H, W, 3) uint8 pre/FLAIR/post volume; missing channels are filled with FLAIR."""
-        ref = self.reference
-        if self.is_lgg or not getattr(ref, "rgb", False):
-            stack = []
-            for name in CHANNEL_NAMES:
-                layer = self.channels.get(name, ref)
-                stack.append(_as_zyx(to_uint8(np.asarray(layer.data)), layer.name))
-            shapes = {s.shape for s in stack}
-            if len(shapes) != 1:
-                raise ValueError(f"{self.patient_id}: channel layers have different shapes {sorted(shapes)}")
-            return np.stack(stack, axis=-1)
-        data = to_uint8(np.asarray(ref.data)[..., :3])
-        return data[None] if data.ndim == 3 else data
-
-    def alive(self, viewer) -> bool:
-        """True while the reference layer is still in the viewer and still shows this patient (the patient browser
-        refills the same layers with the next patient)."""
-        ref = self.reference
-        if self.is_lgg and patient_of_layer(ref) not in (None, self.patient_id):
-            return False
-        return any(layer is ref for layer in viewer.layers)
-
-
-def _as_zyx(arr: np.ndarray, name: str) -> np.ndarray:
-    if arr.ndim == 2:
-        return arr[None]
-    if arr.ndim != 3:
-        raise ValueError(f"layer {name!r} has {arr.ndim} dimensions; expected a 2D slice or a 3D (Z, H, W) volume")
-    return arr
-
-
-def to_uint8(arr: np.ndarray) -> np.ndarray:
-    """uint8 as is; other types rescaled from their min/max to 0-255."""
-    arr = np.asarray(arr)
-    if arr.dtype == np.uint8:
-        return arr
-    data = np.nan_to_num(arr.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
-    lo, hi = float(data.min(initial=0)), float(data.max(initial=0))
-    if hi <= lo:
-        return np.zeros(arr.shape, np.uint8)
-    return np.clip(np.round((data - lo) / (hi - lo) * 255), 0, 255).astype(np.uint8)
-
-
-def _is_image(layer) -> bool:
-    from napari.layers import Image
-
-    return isinstance(layer, Image)
-
-
-def find_patients(viewer) -> dict[str, PatientLayers]:
-    """Patients in the viewer: reader layers grouped by ``lgg_patient_id``, then other image layers alone."""
-    found: dict[str, PatientLayers] = {}
-    singles: dict[str, PatientLayers] = {}
-    for layer in viewer.layers:
-        if not _is_image(layer):
-            continue
-        meta = layer.metadata or {}
-        pid = meta.get("lgg_patient_id")
-        role = meta.get("lgg_role")
-        if role in (ROLE_PROBABILITY, ROLE_SPARE):
-            continue
-        if pid and meta.get("lgg_channel"):
-            found.setdefault(pid, PatientLayers(pid)).channels[meta["lgg_channel"]] = layer
-        elif layer.ndim in (2, 3) and not getattr(layer, "multiscale", False):
-            key = sanitize_name(pid or layer.name)
-            if key not in found:
-                singles[key] = PatientLayers(key, {FLAIR_NAME: layer}, is_lgg=bool(pid))
-    for key, value in singles.items():
-        found.setdefault(key, value)
-    return found
-
-
-def patient_of_layer(layer) -> str | None:
-    """The patient id stored in a layer's metadata."""
-    return (layer.metadata or {}).get("lgg_patient_id")
-
-
-def prediction_layers(viewer, patient_id: str | None = None) -> list:
-    """Labels layers made by the segment widget (optionally of one patient)."""
-    from napari.layers import Labels
-
-    return [
-        layer for layer in viewer.layers
-        if isinstance(layer, Labels) and (layer.metadata or {}).get("lgg_role") == ROLE_PREDICTION
-        and (patient_id is None or patient_of_layer(layer) == patient_id)
-    ]
-
-
-def tumour_layer(viewer, patient_id: str | None):
-    """The patient's correction layer: the active layer if it is one of its prediction layers, else
-    ``"<PATIENT> tumour"``, else its newest prediction (or recovered) layer; never the ground truth."""
-    if patient_id is None:
-        return None
-    layers = prediction_layers(viewer, patient_id)
-    active = active_layer(viewer)
-    if any(layer is active for layer in layers):
-        return active
-    named = [layer for layer in layers if layer.name == f"{patient_id} tumour"]
-    return (named or layers or [None])[-1]
-
-
-def safe_remove_layers(viewer, layers) -> None:
-    """Remove layers without napari's crash (issue 13, bug 1): a Labels layer removed while active in paint mode,
-    followed by new layers, segfaults in ``glDrawArrays``. Every layer leaves its drawing mode (pan_zoom) and the
-    selection moves off the removed layers first.
-
-    All the layers leave in one batch (napari rebuilds its scene graph once), with napari's full garbage collection
-    of each removal made cheap (``deferred_full_gc``)."""
-    doomed = [layer for layer in layers if layer in viewer.layers]
-    if not doomed:
-        return
-    for layer in doomed:
-        if getattr(layer, "mode", "pan_zoom") != "pan_zoom":
-            layer.mode = "pan_zoom"
-    selection = viewer.layers.selection
-    active = active_layer(viewer)
-    if any(layer is active for layer in doomed) or any(layer in selection for layer in doomed):
-        kept = [layer for layer in viewer.layers if not any(layer is d for d in doomed)]
-        selection.active = kept[-1] if kept else None
-    batched = getattr(viewer.layers, "batched_update", None) or contextlib.nullcontext
-    with deferred_full_gc(), batched():
-        for layer in doomed:
-            viewer.layers.remove(layer)
-
-
-def park_result_layers(viewer, layers) -> list:
-    """Keep result layers (probability image, tumour labels) of a patient leaving the screen for the next patient's
-    result, instead of removing them: napari needs 0.1-0.25 s of frozen window to remove a layer and as much to add
-    one, a few ms to refill one. A parked layer is hidden, emptied (one voxel: it does not stretch the dims slider),
-    named ``SPARE_NAMES`` and belongs to no patient. At most one of each type is kept; returns the layers that were
-    not parked (the caller removes them)."""
-    spare_types = {layer._type_string for layer in viewer.layers if _is_spare(layer)}
-    rest, parked = [], []
-    for layer in layers:
-        kind = layer._type_string
-        if kind not in SPARE_NAMES or kind in spare_types or layer not in viewer.layers:
-            rest.append(layer)
-            continue
-        spare_types.add(kind)
-        if getattr(layer, "mode", "pan_zoom") != "pan_zoom":  # never a painting layer left behind (bug 1)
-            layer.mode = "pan_zoom"
-        if active_layer(viewer) is layer:
-            viewer.layers.selection.active = None
-        viewer.layers.selection.discard(layer)
-        parked.append(layer)
-    with one_dims_update(viewer, parked):
-        for layer in parked:
-            layer.visible = False
-            layer.metadata = {"lgg_role": ROLE_SPARE}
-            layer.data = np.zeros((1,) * layer.ndim, np.asarray(layer.data).dtype)
-    for layer in parked:
-        layer.name = SPARE_NAMES[layer._type_string]
-    return rest
-
-
-def unproxied(viewer):
-    """The viewer behind a dock's viewer (napari gives each dock its own public-only proxy of it); also the object
-    behind anything that proxy returns."""
-    return getattr(viewer, "__wrapped__", viewer)
-
-
-def active_layer(viewer):
-    """The selected layer itself: through a dock's proxy ``selection.active`` is a new wrapper at each access, never
-    ``is`` the layer (iterating ``viewer.layers`` gives the layers themselves)."""
-    return unproxied(viewer.layers.selection.active)
-
-
-@contextlib.contextmanager
-def one_dims_update(viewer, layers: list):
-    """Refill ``layers`` with one update of the viewer's dims at the end instead of one per layer (napari recomputes
-    the dims and re-slices every layer for each new ``data``: about a quarter of a patient switch). Uses napari's
-    private ``ViewerModel._on_layers_change`` (of the viewer behind a dock's public-only proxy); without it, napari's
-    own per-layer updates run."""
-    update = getattr(unproxied(viewer), "_on_layers_change", None)
-    if update is None or not layers:
-        yield
-        return
-    with contextlib.ExitStack() as stack:
-        for layer in layers:
-            stack.enter_context(layer.events.data.blocker(update))
-        yield
-    update()
-
-
-def _is_spare(layer) -> bool:
-    """A result layer parked for the next result (``park_result_layers``)."""
-    return (layer.metadata or {}).get("lgg_role") == ROLE_SPARE
-
-
-def move_to_top(viewer, layers: list) -> None:
-    """Put ``layers`` on top of the layer list, in this order. Nothing moves when they already are, parked result
-    layers aside: hidden and one voxel, those may stay above (the next result refills them and puts them on top),
-    which saves napari a reorder (about 10 ms of frozen window) per patient and per result."""
-    n = len(viewer.layers)
-    shown = [layer for layer in viewer.layers if not _is_spare(layer)]
-    on_top = shown[len(shown) - len(layers):]
-    if len(on_top) == len(layers) and all(a is b for a, b in zip(on_top, layers)):
-        return
-    indices = [viewer.layers.index(layer) for layer in layers]
-    viewer.layers.move_multiple(indices, n)
-
-
-def take_spare_layer(viewer, layer_type: str, ndim: int):
-    """A parked result layer of ``layer_type`` ("image" / "labels") and ``ndim`` for reuse, or None."""
-    return next((layer for layer in viewer.layers
-                 if _is_spare(layer) and layer._type_string == layer_type and layer.ndim == ndim), None)
-
-
-@contextlib.contextmanager
-def deferred_full_gc():
-    """Make ``gc.collect()`` calls inside the block cheap by freezing the objects that exist (``gc.freeze``).
-
-    napari runs a full ``gc.collect()`` for every removed layer (a Windows/NVIDIA OpenGL workaround in
-    ``VispyCanvas._clean_and_update_scenegraph``): with torch loaded that walks ~420,000 objects, 110-250 ms of frozen
-    window per layer. Inside this block it only walks the objects made since the freeze (none); the removed layers'
-    reference cycles are collected by Python's next automatic full collection. Not on Windows, where napari's
-    collection guards against a driver crash."""
-    if sys.platform == "win32" or not gc.isenabled():
-        yield
-        return
-    gc.freeze()
-    try:
-        yield
-    finally:
-        gc.unfreeze()
+# ------------------------------------------------------------------------------ responsiveness
 
 
 WORKER_NICENESS = 10  # a worker thread's CPU priority below the GUI thread's (Linux)
@@ -404,68 +138,6 @@ def _unfreeze_next_turn(_event=None) -> None:
     from qtpy.QtCore import QTimer
 
     QTimer.singleShot(0, gc.unfreeze)
-
-
-def probability_layer_for(viewer, labels_layer):
-    """The probability image linked to a prediction layer, if still open."""
-    rid = (labels_layer.metadata or {}).get(RESULT_KEY)
-    if rid is None:
-        return None
-    for layer in viewer.layers:
-        meta = layer.metadata or {}
-        if meta.get("lgg_role") == ROLE_PROBABILITY and meta.get(RESULT_KEY) == rid:
-            return layer
-    return None
-
-
-def ai_mask_of(layer) -> np.ndarray | None:
-    """The network's output kept with a prediction layer, when it has the layer's shape."""
-    ai = (layer.metadata or {}).get(AI_MASK_KEY)
-    if ai is None:
-        return None
-    ai = np.asarray(ai)
-    return ai if ai.shape == np.shape(layer.data) else None
-
-
-def voxels_changed(layer) -> int | None:
-    """How many voxels differ (tumour vs not) between the labels and the AI output; None if unknown."""
-    ai = ai_mask_of(layer)
-    if ai is None:
-        return None
-    return int(np.count_nonzero((np.asarray(layer.data) > 0) != (ai > 0)))
-
-
-def is_edited(layer) -> bool:
-    """True when the labels differ from the AI output (False when no AI output is known)."""
-    return bool(voxels_changed(layer))
-
-
-def mark_exported(layer, data: np.ndarray | None = None) -> None:
-    """Remember the exported content (``data``, default the layer's), so later checks know whether edits were
-    saved."""
-    layer.metadata[EXPORTED_KEY] = mask_digest(np.asarray(layer.data if data is None else data))
-
-
-def has_unexported_edits(layer) -> bool:
-    """Edited (vs the AI output, or a recovered layer) and not exported since the last change."""
-    meta = layer.metadata or {}
-    edited = is_edited(layer) or (meta.get("lgg_recovered") and ai_mask_of(layer) is None)
-    if not edited:
-        return False
-    return meta.get(EXPORTED_KEY) != mask_digest(np.asarray(layer.data))
-
-
-def volume_readout(mask: np.ndarray, scale=None) -> str:
-    """'N voxels in K slices' plus the volume in mm^3 when the scale is not all 1."""
-    mask = np.asarray(mask)  # no `mask > 0` copy: counted in place (a 5-M voxel patient: ms, not tens of ms)
-    voxels = int(np.count_nonzero(mask))
-    slices = int(np.count_nonzero(mask.reshape(mask.shape[0], -1).any(axis=1))) if mask.ndim == 3 else int(voxels > 0)
-    text = f"{voxels:,} voxels in {slices} slice{'s' if slices != 1 else ''}"
-    if scale is not None:
-        scale = [float(s) for s in scale]
-        if any(abs(s - 1.0) > 1e-9 for s in scale):
-            text += f" = {voxels * float(np.prod(scale)):,.1f} mm\u00b3"
-    return text
 
 
 def disconnector(connections: list):

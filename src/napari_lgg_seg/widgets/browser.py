@@ -12,31 +12,37 @@ from magicgui.widgets import CheckBox, Container, FileEdit, Label, PushButton
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QApplication, QListWidget
 
-from .._reader import load_folder, mask_folder_source
+from .._reader import read_folder, read_folder_signed, signature_of
 from ..io import LGGFormatError, Patient, find_patient_folders, is_patient_folder, load_patient
-from ._common import (
+from ..layers import (
     ROLE_GROUND_TRUTH,
     ROLE_PREDICTION,
     ROLE_PROBABILITY,
     ai_mask_of,
-    fit_layer_list_to_patients,
     has_unexported_edits,
-    keep_gc_pauses_short,
+    is_reader_layer,
+    is_result_layer,
     move_to_top,
-    notify,
     one_dims_update,
     park_result_layers,
     patient_of_layer,
     prediction_layers,
-    qt_ask,
-    run_below_the_window,
+    reader_key,
+    refill_layer,
     safe_remove_layers,
-    status_html,
     take_spare_layer,
     tumour_layer,
+)
+from ..workflow import EXPORTED, load_settings, patient_state, save_settings
+from ._common import (
+    fit_layer_list_to_patients,
+    keep_gc_pauses_short,
+    notify,
+    qt_ask,
+    run_below_the_window,
+    status_html,
     wrapped_label,
 )
-from .workflow import EXPORTED, load_settings, patient_state, save_settings
 
 #: (key, what it does, browser method): registered on the viewer's own keymap; napari binds none of these keys.
 SHORTCUTS = (
@@ -46,18 +52,6 @@ SHORTCUTS = (
     ("PageUp", "previous patient", lambda browser: browser.previous(soon=True)),
     ("Shift-G", "show / hide ground truth", lambda browser: browser.toggle_ground_truth()),
 )
-
-
-def _is_result(layer) -> bool:
-    """A patient's segmentation result that can be parked: its probability layer, or a tumour layer without
-    unexported edits (those are kept for the patient, not reused)."""
-    role = (layer.metadata or {}).get("lgg_role")
-    return role == ROLE_PROBABILITY or (role == ROLE_PREDICTION and not has_unexported_edits(layer))
-
-
-def _is_reader_layer(layer) -> bool:
-    meta = layer.metadata or {}
-    return bool(meta.get("lgg_channel")) or meta.get("lgg_role") == ROLE_GROUND_TRUTH
 
 
 class PatientBrowser(Container):
@@ -313,11 +307,11 @@ class PatientBrowser(Container):
             finally:
                 if waiting:
                     QApplication.restoreOverrideCursor()
-            if signature is not None and signature == _signature(folder):
+            if signature is not None and signature == signature_of(folder):
                 return loaded
         QApplication.setOverrideCursor(_wait_cursor())
         try:
-            return _read(folder)
+            return read_folder(folder)
         finally:
             QApplication.restoreOverrideCursor()
 
@@ -330,7 +324,7 @@ class PatientBrowser(Container):
         for folder in wanted:
             if folder not in self._prefetched:
                 try:
-                    self._prefetched[folder] = self._pool.submit(_read_signed, folder)
+                    self._prefetched[folder] = self._pool.submit(read_folder_signed, folder)
                 except RuntimeError:  # the pool was shut down (the dock is closing)
                     return
 
@@ -350,13 +344,13 @@ class PatientBrowser(Container):
             role = meta.get("lgg_role")
             if meta.get("lgg_channel") and shape is None:
                 shape = tuple(layer.data.shape[:3])
-            if _is_reader_layer(layer):
+            if is_reader_layer(layer):
                 if not keep_reader_layers:
                     doomed.append(layer)
             elif role == ROLE_PREDICTION and has_unexported_edits(layer):
                 doomed.append(layer)
                 kept.append(layer)
-            elif _is_result(layer):
+            elif is_result_layer(layer):
                 results.append(layer)
         for layer in kept:
             layer.visible = False
@@ -383,11 +377,11 @@ class PatientBrowser(Container):
         from .._reader import patient_layer_data
 
         tuples = [*(layer_data if layer_data is not None else patient_layer_data(patient)), *extra_layers]
-        reusable = {_reader_key(la): la for la in self.viewer.layers
-                    if previous is not None and patient_of_layer(la) == previous and _is_reader_layer(la)}
+        reusable = {reader_key(la.metadata): la for la in self.viewer.layers
+                    if previous is not None and patient_of_layer(la) == previous and is_reader_layer(la)}
         plan = []
         for data, kwargs, layer_type in tuples:
-            key = _reader_key(SimpleLayer(kwargs.get("metadata") or {}))
+            key = reader_key(kwargs.get("metadata"))
             old = reusable.pop(key, None) if key is not None else None
             if old is not None and old._type_string != layer_type:
                 reusable[key] = old
@@ -404,7 +398,7 @@ class PatientBrowser(Container):
         with one_dims_update(self.viewer, [old for old, *_ in plan if old is not None]):
             for old, data, kwargs, _type in plan:
                 if old is not None:
-                    _refill(old, data, kwargs)
+                    refill_layer(old, data, kwargs)
         for old, _data, kwargs, _type in plan:
             if old is not None:
                 old.name = kwargs["name"]
@@ -536,7 +530,7 @@ class PatientBrowser(Container):
         exported and the next one opened)."""
         from napari.qt.threading import create_worker
 
-        from .export import prepare_export
+        from ..export import prepare_export
 
         pid = self.current_patient_id
         root = self.export_root.value
@@ -609,7 +603,7 @@ class PatientBrowser(Container):
         """Leave ``patient_id`` in two event-loop turns instead of one long one: its results (probability, tumour
         layers without unexported edits) are parked for the next patient's result now, ``then()`` runs in the next
         turn unless the user has moved to another patient meanwhile."""
-        results = [la for la in self.viewer.layers if patient_of_layer(la) == patient_id and _is_result(la)]
+        results = [la for la in self.viewer.layers if patient_of_layer(la) == patient_id and is_result_layer(la)]
         safe_remove_layers(self.viewer, park_result_layers(self.viewer, results))
         QTimer.singleShot(1, lambda: then() if patient_id == self.current_patient_id else None)
 
@@ -663,78 +657,6 @@ class PatientBrowser(Container):
 
     def _say(self, text: str, error: bool = False) -> None:
         self.status_label.value = status_html(text, error)
-
-
-class SimpleLayer:
-    """Just enough of a layer (its metadata) for ``_reader_key``."""
-
-    def __init__(self, metadata: dict) -> None:
-        self.metadata = metadata
-
-
-def _reader_key(layer) -> str | None:
-    """Which reader layer this is (a channel name, or the ground truth), for refilling it with another patient."""
-    meta = layer.metadata or {}
-    if meta.get("lgg_channel"):
-        return f"channel:{meta['lgg_channel']}"
-    if meta.get("lgg_role") == ROLE_GROUND_TRUTH:
-        return "ground_truth"
-    return None
-
-
-_REFILLED = ("contrast_limits", "colormap", "blending", "opacity", "visible", "scale", "translate")
-
-
-def _refill(layer, data, kwargs: dict) -> None:
-    """Give an existing layer another patient's data and display settings (not its name)."""
-    layer.data = data
-    for key in _REFILLED:
-        if key not in kwargs:
-            continue
-        value = kwargs[key]
-        if key == "colormap" and (hasattr(layer, "selected_label") or getattr(layer.colormap, "name", None) == value):
-            continue  # the same colormap (a Labels colormap is a dict: the reader's is always the same)
-        if key in ("scale", "translate"):
-            if np.array_equal(np.asarray(getattr(layer, key)), np.broadcast_to(value, np.shape(getattr(layer, key)))):
-                continue
-        elif key != "colormap" and _same(getattr(layer, key), value):
-            continue  # napari redraws the canvas for every set, changed or not (a visibility set: 5-10 ms)
-        setattr(layer, key, value)
-
-
-def _same(current, value) -> bool:
-    try:
-        return bool(np.array_equal(np.asarray(current, dtype=float), np.asarray(value, dtype=float)))
-    except (TypeError, ValueError):
-        return str(current) == str(value)
-
-
-def _signature(folder: Path) -> tuple:
-    """Names, sizes and modification times of a folder's files (and of a segment output's source folder): a
-    prefetched copy is used only while this is unchanged."""
-    def listing(path: Path) -> tuple:
-        try:
-            return tuple(sorted((e.name, e.stat().st_size, e.stat().st_mtime_ns) for e in os.scandir(path)))
-        except OSError:
-            return ()
-
-    source = mask_folder_source(folder)
-    return listing(folder), (listing(source) if source is not None else ())
-
-
-def _read(folder: Path) -> tuple[Patient, list[tuple], list[tuple]]:
-    """Read a patient (or segment output) folder and build its layer tuples (contrast limits): any thread."""
-    from .._reader import patient_layer_data
-
-    patient, extra_layers = load_folder(folder)
-    return patient, extra_layers, patient_layer_data(patient)
-
-
-def _read_signed(folder: Path) -> tuple[tuple, tuple[Patient, list[tuple], list[tuple]]]:
-    """The prefetch (any thread): the folder's signature taken before ``_read(folder)``; the copy is used only while
-    the signature is unchanged (a file written meanwhile makes them differ)."""
-    signature = _signature(folder)
-    return signature, _read(folder)
 
 
 def _write_export(job):

@@ -31,39 +31,42 @@ from qtpy.QtWidgets import QFileDialog
 from superqt import QCollapsible
 
 from .. import recovery
-from ..metrics import dice
-from ..recovery import mask_digest
-from ._common import (
+from ..display import PROBABILITY_LOOK, tumour_look
+from ..layers import (
     AI_MASK_KEY,
-    MODEL_REGISTRY,
     RESULT_KEY,
     ROLE_PREDICTION,
     ROLE_PROBABILITY,
-    ROLE_SPARE,
     SPARE_NAMES,
     PatientLayers,
     active_layer,
+    add_spare_layer,
     ai_mask_of,
-    disconnector,
+    compare_with_ai,
     find_patients,
-    fit_layer_list_to_patients,
+    give_tumour_look,
     has_unexported_edits,
-    keep_gc_pauses_short,
-    move_to_top,
-    notify,
     prediction_layers,
     probability_layer_for,
+    reuse_layer,
+    safe_remove_layers,
+    take_spare_layer,
+    tumour_layer,
+    volume_readout,
+    voxels_changed,
+)
+from ..recovery import mask_digest
+from ._common import (
+    MODEL_REGISTRY,
+    disconnector,
+    fit_layer_list_to_patients,
+    keep_gc_pauses_short,
+    notify,
     qt_ask,
     registered_models,
     run_below_the_window,
-    safe_remove_layers,
     set_current_model_path,
     status_html,
-    take_spare_layer,
-    tumour_layer,
-    unproxied,
-    volume_readout,
-    voxels_changed,
     wrapped_label,
 )
 
@@ -130,50 +133,6 @@ def _later(callback, delay_ms: int = 0) -> None:
             pass
 
     QTimer.singleShot(delay_ms, run)
-
-
-def _reuse(viewer, layer, data: np.ndarray, metadata: dict, name: str, geometry: dict) -> None:
-    """Refill a parked result layer (``_common.park_result_layers``) with a new result, on top of the list (or under
-    other parked layers only, which the next refill takes: nothing moves then)."""
-    layer.metadata = metadata
-    layer.scale, layer.translate = geometry["scale"], geometry["translate"]
-    if tuple(layer.axis_labels) != tuple(geometry["axis_labels"]):
-        layer.axis_labels = geometry["axis_labels"]
-    layer.data = data
-    layer.name = name
-    move_to_top(viewer, [layer])
-
-
-PROBABILITY_LOOK = {"colormap": "magma", "contrast_limits": (0.0, 1.0)}  # the hidden probability image
-TUMOUR_OPACITY = 0.6
-
-
-def _tumour_look() -> dict:
-    """Display options of a tumour Labels layer: label 1 filled in the tumour colour, the rest transparent."""
-    from ..display import TUMOUR_COLOR, labels_colormap
-
-    return {"opacity": TUMOUR_OPACITY, "colormap": labels_colormap(TUMOUR_COLOR)}
-
-
-def _give_tumour_look(labels) -> None:
-    """Give a reused Labels layer the tumour look, setting only what differs (napari rebuilds its colour textures
-    and redraws for each set, changed or not)."""
-    from napari.utils.colormaps.standardize_color import transform_color
-
-    from ..display import TUMOUR_COLOR
-
-    try:
-        background, other = labels.get_color(0), labels.get_color(2)  # None: napari's background, not drawn
-        same_colours = (np.allclose(labels.get_color(1), transform_color(TUMOUR_COLOR)[0])
-                        and (background is None or background[3] == 0) and (other is None or other[3] == 0))
-    except (AttributeError, TypeError, ValueError, IndexError):
-        same_colours = False
-    if not same_colours:
-        labels.colormap = _tumour_look()["colormap"]
-    if labels.opacity != TUMOUR_OPACITY:
-        labels.opacity = TUMOUR_OPACITY
-    if labels.contour != 0:
-        labels.contour = 0
 
 
 class SegmentWidget(Container):
@@ -371,15 +330,10 @@ class SegmentWidget(Container):
         missing = [kind for kind in SPARE_NAMES if take_spare_layer(self.viewer, kind, ndim) is None]
         if not missing:
             return
-        options = {"name": SPARE_NAMES[missing[0]], "visible": False, "metadata": {"lgg_role": ROLE_SPARE},
-                   "multiscale": False, "scale": ref.scale, "translate": ref.translate, "axis_labels": ref.axis_labels}
         layers = self.viewer.layers
         active, selected = layers.selection.active, set(layers.selection)
-        if missing[0] == "image":
-            spare = self.viewer.add_image(np.zeros((1,) * ndim, np.float32), **PROBABILITY_LOOK, **options)
-        else:
-            spare = self.viewer.add_labels(np.zeros((1,) * ndim, np.uint8), **_tumour_look(), **options)
-        spare = unproxied(spare)  # a dock's viewer is a proxy: compare the layer behind it
+        geometry = {"scale": ref.scale, "translate": ref.translate, "axis_labels": ref.axis_labels}
+        spare = add_spare_layer(self.viewer, missing[0], ndim, geometry)
 
         def give_the_selection_back() -> None:  # a hidden spare never keeps the user's selection
             if active_layer(self.viewer) is spare and (active is None or active in layers):
@@ -682,7 +636,7 @@ class SegmentWidget(Container):
                 safe_remove_layers(self.viewer, [old])
             spare = take_spare_layer(self.viewer, "image", probs.ndim)  # the previous patient's, parked
             if spare is not None:
-                _reuse(self.viewer, spare, probs, prob_meta, f"{pid} tumour probability", geometry)
+                reuse_layer(self.viewer, spare, probs, prob_meta, f"{pid} tumour probability", geometry)
                 return
             self.viewer.add_image(probs, name=f"{pid} tumour probability", visible=False, metadata=prob_meta,
                                   multiscale=False, **PROBABILITY_LOOK, **geometry)
@@ -693,13 +647,13 @@ class SegmentWidget(Container):
                 labels.metadata = label_meta
                 labels.data = mask
             elif (labels := take_spare_layer(self.viewer, "labels", mask.ndim)) is not None:
-                _give_tumour_look(labels)
-                _reuse(self.viewer, labels, mask, label_meta, name, geometry)
+                give_tumour_look(labels)
+                reuse_layer(self.viewer, labels, mask, label_meta, name, geometry)
                 labels.visible = True
                 self._watch_labels(labels)
             else:
                 labels = self.viewer.add_labels(mask, name=name, metadata=label_meta, multiscale=False,
-                                                **_tumour_look(), **geometry)
+                                                **tumour_look(), **geometry)
                 self._watch_labels(labels)
             state["labels"] = labels
 
@@ -772,15 +726,12 @@ class SegmentWidget(Container):
     def compare_with_ai(self) -> dict | None:
         """Dice between the AI output and the current labels, and voxels changed; shown in the readout."""
         layer = self.current_prediction_layer()
-        ai = ai_mask_of(layer) if layer is not None else None
-        if ai is None:
+        result = compare_with_ai(layer) if layer is not None else None
+        if result is None:
             self._compare_text = "No AI output to compare with."
             self.update_readout()
             return None
-        labels = np.asarray(layer.data) > 0
-        added, removed = int(np.count_nonzero(labels & (ai == 0))), int(np.count_nonzero(~labels & (ai > 0)))
-        result = {"dice": dice(ai, labels), "voxels_changed": added + removed, "voxels_added": added,
-                  "voxels_removed": removed}
+        added, removed = result["voxels_added"], result["voxels_removed"]
         self._compare_text = (f"Dice vs AI: {result['dice']:.4f}; you changed {added + removed:,} voxels "
                               f"(+{added:,} / -{removed:,})")
         self.update_readout()
@@ -841,7 +792,7 @@ class SegmentWidget(Container):
             meta[AI_MASK_KEY] = rec.ai_mask.reshape(shape)
         layer = self.viewer.add_labels(mask, name=f"{patient.patient_id} tumour (recovered)", metadata=meta,
                                        scale=ref.scale, translate=ref.translate, axis_labels=ref.axis_labels,
-                                       **_tumour_look())
+                                       **tumour_look())
         self._last_autosave[id(layer)] = mask_digest(mask)
         self._watch_labels(layer)
         self._ready_for_the_brush(layer)

@@ -6,7 +6,7 @@ import json
 import os
 from pathlib import Path
 
-from ._common import has_unexported_edits, prediction_layers
+from .layers import has_unexported_edits, prediction_layers
 
 NOT_STARTED, SEGMENTED, CORRECTED, EXPORTED = "not started", "segmented", "corrected", "exported"
 
