@@ -465,3 +465,139 @@ def _same(current, value) -> bool:
         return bool(np.array_equal(np.asarray(current, dtype=float), np.asarray(value, dtype=float)))
     except (TypeError, ValueError):
         return str(current) == str(value)
+
+
+# --------------------------------------------------------------------- one patient on screen at a time
+
+
+def leave_patient(viewer, patient_id: str, keep_reader_layers: bool = False) -> tuple[tuple | None, list]:
+    """Take a patient off screen: its reader layers and results leave the viewer through ``safe_remove_layers``
+    (never an active Labels layer in paint mode, bug 1); its results are parked for the next patient's result when
+    ``keep_reader_layers`` (the image channels and ground truth then stay, for ``show_patient_layers`` to refill).
+    Corrections not yet exported leave the viewer too, hidden, for the caller to keep and bring back with the
+    patient (bug 2). Returns the patient's (Z, H, W) (None if unknown) and those kept layers."""
+    shape = None
+    doomed, kept, results = [], [], []
+    for layer in list(viewer.layers):
+        if patient_of_layer(layer) != patient_id:
+            continue
+        meta = layer.metadata or {}
+        if meta.get("lgg_channel") and shape is None:
+            shape = tuple(layer.data.shape[:3])
+        if is_reader_layer(layer):
+            if not keep_reader_layers:
+                doomed.append(layer)
+        elif meta.get("lgg_role") == ROLE_PREDICTION and has_unexported_edits(layer):
+            layer.visible = False
+            doomed.append(layer)
+            kept.append(layer)
+        elif is_result_layer(layer):
+            results.append(layer)
+    # the next patient's result refills them (Segment dock): no layer removed now, none added then
+    doomed += park_result_layers(viewer, results) if keep_reader_layers else results
+    safe_remove_layers(viewer, doomed)
+    return shape, kept
+
+
+def show_patient_layers(viewer, layer_data: list[tuple], previous: str | None = None, kept: list = ()) -> list:
+    """Show a patient's layer-data tuples: the ``previous`` patient's channel and ground-truth layers are refilled in
+    place (metadata, data and contrast, then the name: a few ms each, where napari needs 0.1-0.3 s to add or remove a
+    layer), an output folder's tumour layer refills a parked one; layers without a counterpart are added, the
+    leftovers removed; the patient's layers end on top in the tuples' order, then its ``kept`` corrections, shown
+    and selected (bug 2). Returns the layers of the tuples."""
+    from napari.layers import Layer
+
+    reusable = {reader_key(la.metadata): la for la in viewer.layers
+                if previous is not None and patient_of_layer(la) == previous and is_reader_layer(la)}
+    plan = []
+    for data, kwargs, layer_type in layer_data:
+        key = reader_key(kwargs.get("metadata"))
+        old = reusable.pop(key, None) if key is not None else None
+        if old is not None and old._type_string != layer_type:
+            reusable[key] = old
+            old = None
+        if old is None and (kwargs.get("metadata") or {}).get("lgg_role") == ROLE_PREDICTION:
+            old = take_spare_layer(viewer, layer_type, np.ndim(data))  # an output folder's tumour layer
+            if old is not None:
+                old.visible = True
+        plan.append((old, data, kwargs, layer_type))
+    safe_remove_layers(viewer, list(reusable.values()))  # e.g. a ground truth the next patient lacks
+    for old, _data, kwargs, _type in plan:  # metadata first: whoever reacts to the new data or name sees it
+        if old is not None:
+            old.metadata = kwargs.get("metadata") or {}
+    with one_dims_update(viewer, [old for old, *_ in plan if old is not None]):
+        for old, data, kwargs, _type in plan:
+            if old is not None:
+                refill_layer(old, data, kwargs)
+    for old, _data, kwargs, _type in plan:
+        if old is not None:
+            old.name = kwargs["name"]
+    layers = [old if old is not None else viewer.add_layer(Layer.create(data, kwargs, layer_type))
+              for old, data, kwargs, layer_type in plan]
+    move_to_top(viewer, layers)
+    for layer in kept:
+        layer.visible = True
+        viewer.layers.append(layer)
+    if kept:
+        viewer.layers.selection.active = kept[-1]
+    return layers
+
+
+# ------------------------------------------------------------------------ a result, refilled or added
+
+
+def place_probability_layer(viewer, patient_id: str, probs: np.ndarray, metadata: dict, geometry: dict):
+    """Show a new result's probabilities (hidden): in the patient's previous result's probability layer, else in a
+    parked one, else a new layer. Returns the patient's ``"<PATIENT> tumour"`` layer whose result it replaces (None
+    for a first result), for ``place_tumour_layer``."""
+    labels = next((la for la in prediction_layers(viewer, patient_id) if la.name == f"{patient_id} tumour"), None)
+    old = probability_layer_for(viewer, labels) if labels is not None else None
+    if old is not None and old.ndim == probs.ndim:  # refill: no napari layer start-up, no removal
+        old.metadata = metadata
+        old.data = probs
+        return labels
+    if old is not None:
+        safe_remove_layers(viewer, [old])
+    name = f"{patient_id} tumour probability"
+    spare = take_spare_layer(viewer, "image", probs.ndim)  # the previous patient's, parked
+    if spare is not None:
+        reuse_layer(viewer, spare, probs, metadata, name, geometry)
+    else:
+        viewer.add_image(probs, name=name, visible=False, metadata=metadata, multiscale=False, **PROBABILITY_LOOK,
+                         **geometry)
+    return labels
+
+
+def place_tumour_layer(viewer, labels, mask: np.ndarray, metadata: dict, name: str, geometry: dict):
+    """Show a new result's mask: in ``labels`` (the patient's previous result), else in a parked Labels layer, else a
+    new layer, with the tumour look. Returns the layer itself."""
+    if labels is not None and labels in viewer.layers:
+        labels.metadata = metadata
+        labels.data = mask
+        return labels
+    labels = take_spare_layer(viewer, "labels", mask.ndim)
+    if labels is not None:
+        give_tumour_look(labels)
+        reuse_layer(viewer, labels, mask, metadata, name, geometry)
+        labels.visible = True
+        return labels
+    return unproxied(viewer.add_labels(mask, name=name, metadata=metadata, multiscale=False, **tumour_look(),
+                                       **geometry))
+
+
+def add_recovered_layer(viewer, patient: PatientLayers, rec):
+    """Add an autosaved correction (``recovery.Recovery``) of the patient as ``"<PATIENT> tumour (recovered)"``;
+    ``ValueError`` (the file kept) when it does not fit the open patient."""
+    ref = patient.reference
+    shape = tuple(np.shape(ref.data))
+    if rec.mask.size != int(np.prod(shape)):
+        raise ValueError(f"The autosave of {patient.patient_id} has shape {rec.mask.shape}, but the open patient has "
+                         f"{shape}; not restored (file kept: {rec.path}).")
+    mask = rec.mask.reshape(shape).astype(np.uint8)
+    meta = {**patient.metadata(), "lgg_role": ROLE_PREDICTION, "lgg_recovered": True,
+            "lgg_model": rec.info.get("lgg_model"), "lgg_model_label": rec.info.get("lgg_model_label")}
+    if rec.ai_mask is not None and rec.ai_mask.size == mask.size:
+        meta[AI_MASK_KEY] = rec.ai_mask.reshape(shape)
+    return unproxied(viewer.add_labels(mask, name=f"{patient.patient_id} tumour (recovered)", metadata=meta,
+                                       scale=ref.scale, translate=ref.translate, axis_labels=ref.axis_labels,
+                                       **tumour_look()))

@@ -62,6 +62,63 @@ def read_history(out: str | os.PathLike) -> list[dict]:
         return []
 
 
+def run_progress(out: str | os.PathLike) -> tuple[int, int] | None:
+    """``(epochs done, epochs planned)`` of the run in ``out``, or None when it holds no run (no ``last.pt``)."""
+    out = Path(out)
+    if not (out / "last.pt").is_file():
+        return None
+    done = len(read_history(out))
+    try:
+        planned = int(json.loads((out / "config.json").read_text()).get("epochs", done))
+    except (OSError, ValueError, TypeError, AttributeError):
+        planned = done
+    return done, planned
+
+
+def describe_data_root(folder: str | os.PathLike) -> str | None:
+    """'FOLDER (N patients, M with masks)' of a dataset root (or a patient folder); None when it holds no patient."""
+    from .io import find_patient_folders
+
+    folder = Path(folder).expanduser()
+    patients = find_patient_folders(folder) if folder.is_dir() else []
+    if not patients:
+        return None
+    labelled = sum(1 for p in patients if any(f.name.endswith(("_mask.tif", "_mask.tiff")) for f in p.iterdir()))
+    return f"{folder} ({len(patients)} patients, {labelled} with masks)"
+
+
+def check_patients(roots: list[str], val_fraction: float) -> str | None:
+    """Why the data roots cannot train with this validation share (None when they can)."""
+    from .io import find_patient_folders
+
+    count = sum(len(find_patient_folders(root)) for root in roots)
+    if count == 0:
+        return "The data folders hold no patients."
+    if val_fraction > 0 and count < 2:
+        return ("Only one patient: set the validation share to 0 (no validation) or add more patients; "
+                "validation needs patients of its own.")
+    return None
+
+
+def report_text(report: dict) -> str | None:
+    """The status line of a ``start``, ``step`` or ``epoch`` report (None for other kinds)."""
+    kind = report.get("kind")
+    if kind == "start":
+        return (f"Training on {report['train_slices']} slices ({len(report['split']['train'])} patients, "
+                f"{len(report['split']['val'])} for validation) on {report['device']}; epoch "
+                f"{report['start_epoch'] + 1} of {report['epochs']}.")
+    if kind == "step":
+        return (f"Epoch {report['epoch']}, batch {report['batch']}/{report['steps_per_epoch']}: loss "
+                f"{report['loss']:.4f} ({report['slices_per_s']:.1f} slices/s)")
+    if kind == "epoch":
+        dice = report.get("val_patient_dice_mean")
+        text = f"Epoch {report['epoch']} done: train loss {report['train_loss']:.4f}"
+        if dice is not None:
+            text += f", val Dice {dice:.3f}{' (best so far)' if report.get('improved') else ''}"
+        return text
+    return None
+
+
 def run_job(job: dict, should_stop: Callable[[], bool] | None = None) -> Iterator[dict]:
     """The reports of ``training.train`` for a job: ``config`` (a ``TrainConfig`` dict), ``roots``, ``out``,
     ``resume``, ``epochs`` and ``crops`` (None: the config as given; else fitted with :func:`fit_to_start_model`)."""

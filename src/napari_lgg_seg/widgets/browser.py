@@ -20,17 +20,13 @@ from ..layers import (
     ROLE_PROBABILITY,
     ai_mask_of,
     has_unexported_edits,
-    is_reader_layer,
     is_result_layer,
-    move_to_top,
-    one_dims_update,
+    leave_patient,
     park_result_layers,
     patient_of_layer,
     prediction_layers,
-    reader_key,
-    refill_layer,
     safe_remove_layers,
-    take_spare_layer,
+    show_patient_layers,
     tumour_layer,
 )
 from ..workflow import EXPORTED, load_settings, patient_state, save_settings
@@ -273,12 +269,7 @@ class PatientBrowser(Container):
         kept = self._kept.pop(patient.patient_id, [])
         if kept:  # its kept correction comes back instead of the output folder's copy
             extra_layers = [t for t in extra_layers if (t[1].get("metadata") or {}).get("lgg_role") != ROLE_PREDICTION]
-        self._add_patient(patient, extra_layers, layer_data, previous)
-        for layer in kept:  # back on top, shown and selected (bug 2)
-            layer.visible = True
-            self.viewer.layers.append(layer)
-        if kept:
-            self.viewer.layers.selection.active = kept[-1]
+        show_patient_layers(self.viewer, [*layer_data, *extra_layers], previous, kept)
         self._set_current(index, patient)
         self._refresh_current_state()
         if 0 <= previous_index < len(self.folders):
@@ -329,31 +320,12 @@ class PatientBrowser(Container):
                     return
 
     def _remove_patient_layers(self, patient_id: str, keep_reader_layers: bool = False):
-        """Take the patient off screen: its reader layers and results leave the viewer (through
-        ``safe_remove_layers``: never an active Labels layer in paint mode, bug 1); corrections not yet exported
-        are kept by the browser, hidden and autosaved, and come back with the patient (bug 2). With
-        ``keep_reader_layers`` the image channels and ground truth stay, for ``_add_patient`` to refill."""
+        """``layers.leave_patient``; the corrections it keeps are autosaved and come back with the patient (bug
+        2). Returns the patient's (Z, H, W)."""
         from .. import recovery
 
-        shape = None
-        doomed, kept, results = [], [], []
-        for layer in list(self.viewer.layers):
-            if patient_of_layer(layer) != patient_id:
-                continue
-            meta = layer.metadata or {}
-            role = meta.get("lgg_role")
-            if meta.get("lgg_channel") and shape is None:
-                shape = tuple(layer.data.shape[:3])
-            if is_reader_layer(layer):
-                if not keep_reader_layers:
-                    doomed.append(layer)
-            elif role == ROLE_PREDICTION and has_unexported_edits(layer):
-                doomed.append(layer)
-                kept.append(layer)
-            elif is_result_layer(layer):
-                results.append(layer)
+        shape, kept = leave_patient(self.viewer, patient_id, keep_reader_layers)
         for layer in kept:
-            layer.visible = False
             try:
                 recovery.save_recovery(patient_id, np.asarray(layer.data), ai_mask=ai_mask_of(layer),
                                        info={"layer": layer.name})
@@ -361,51 +333,7 @@ class PatientBrowser(Container):
                 notify(f"Could not autosave {layer.name}: {err}", "warning")
         if kept:
             self._kept[patient_id] = kept
-        # the next patient's result refills them (Segment dock): no layer removed now, none added then
-        doomed += park_result_layers(self.viewer, results) if keep_reader_layers else results
-        safe_remove_layers(self.viewer, doomed)
         return shape
-
-    def _add_patient(self, patient: Patient, extra_layers: list[tuple] = (), layer_data: list[tuple] | None = None,
-                     previous: str | None = None) -> None:
-        """Show the patient's layers: the previous patient's channel and ground-truth layers are refilled in place
-        (new data, contrast, metadata, then the name: a few ms each, where napari needs 0.1-0.3 s to add or remove
-        a layer); layers without a counterpart are added, the leftovers removed; the patient's layers end on top
-        in the reader's order."""
-        from napari.layers import Layer
-
-        from .._reader import patient_layer_data
-
-        tuples = [*(layer_data if layer_data is not None else patient_layer_data(patient)), *extra_layers]
-        reusable = {reader_key(la.metadata): la for la in self.viewer.layers
-                    if previous is not None and patient_of_layer(la) == previous and is_reader_layer(la)}
-        plan = []
-        for data, kwargs, layer_type in tuples:
-            key = reader_key(kwargs.get("metadata"))
-            old = reusable.pop(key, None) if key is not None else None
-            if old is not None and old._type_string != layer_type:
-                reusable[key] = old
-                old = None
-            if old is None and (kwargs.get("metadata") or {}).get("lgg_role") == ROLE_PREDICTION:
-                old = take_spare_layer(self.viewer, layer_type, np.ndim(data))  # an output folder's tumour layer
-                if old is not None:
-                    old.visible = True
-            plan.append((old, data, kwargs, layer_type))
-        safe_remove_layers(self.viewer, list(reusable.values()))  # e.g. a ground truth the next patient lacks
-        for old, _data, kwargs, _type in plan:  # metadata first: whoever reacts to the new data or name sees it
-            if old is not None:
-                old.metadata = kwargs.get("metadata") or {}
-        with one_dims_update(self.viewer, [old for old, *_ in plan if old is not None]):
-            for old, data, kwargs, _type in plan:
-                if old is not None:
-                    refill_layer(old, data, kwargs)
-        for old, _data, kwargs, _type in plan:
-            if old is not None:
-                old.name = kwargs["name"]
-        layers = []
-        for old, data, kwargs, layer_type in plan:
-            layers.append(old if old is not None else self.viewer.add_layer(Layer.create(data, kwargs, layer_type)))
-        move_to_top(self.viewer, layers)
 
     def _set_current(self, index: int, patient: Patient) -> None:
         self.current_index = index

@@ -31,7 +31,6 @@ from qtpy.QtWidgets import QFileDialog
 from superqt import QCollapsible
 
 from .. import recovery
-from ..display import PROBABILITY_LOOK, tumour_look
 from ..layers import (
     AI_MASK_KEY,
     RESULT_KEY,
@@ -40,16 +39,16 @@ from ..layers import (
     SPARE_NAMES,
     PatientLayers,
     active_layer,
+    add_recovered_layer,
     add_spare_layer,
     ai_mask_of,
     compare_with_ai,
     find_patients,
-    give_tumour_look,
     has_unexported_edits,
+    place_probability_layer,
+    place_tumour_layer,
     prediction_layers,
     probability_layer_for,
-    reuse_layer,
-    safe_remove_layers,
     take_spare_layer,
     tumour_layer,
     volume_readout,
@@ -625,37 +624,11 @@ class SegmentWidget(Container):
         state: dict = {}
 
         def place_probabilities() -> None:
-            labels = next((la for la in prediction_layers(self.viewer, pid) if la.name == name), None)
-            old = probability_layer_for(self.viewer, labels) if labels is not None else None
-            state["labels"] = labels
-            if old is not None and old.ndim == probs.ndim:  # refill: no napari layer start-up, no removal
-                old.metadata = prob_meta
-                old.data = probs
-                return
-            if old is not None:
-                safe_remove_layers(self.viewer, [old])
-            spare = take_spare_layer(self.viewer, "image", probs.ndim)  # the previous patient's, parked
-            if spare is not None:
-                reuse_layer(self.viewer, spare, probs, prob_meta, f"{pid} tumour probability", geometry)
-                return
-            self.viewer.add_image(probs, name=f"{pid} tumour probability", visible=False, metadata=prob_meta,
-                                  multiscale=False, **PROBABILITY_LOOK, **geometry)
+            state["labels"] = place_probability_layer(self.viewer, pid, probs, prob_meta, geometry)
 
         def place_labels() -> None:
-            labels = state["labels"]
-            if labels is not None and labels in self.viewer.layers:
-                labels.metadata = label_meta
-                labels.data = mask
-            elif (labels := take_spare_layer(self.viewer, "labels", mask.ndim)) is not None:
-                give_tumour_look(labels)
-                reuse_layer(self.viewer, labels, mask, label_meta, name, geometry)
-                labels.visible = True
-                self._watch_labels(labels)
-            else:
-                labels = self.viewer.add_labels(mask, name=name, metadata=label_meta, multiscale=False,
-                                                **tumour_look(), **geometry)
-                self._watch_labels(labels)
-            state["labels"] = labels
+            state["labels"] = place_tumour_layer(self.viewer, state["labels"], mask, label_meta, name, geometry)
+            self._watch_labels(state["labels"])
 
         def select_labels() -> None:  # napari builds the layer's controls on first selection: a turn of its own
             self._select_for_the_brush(state["labels"])
@@ -778,22 +751,13 @@ class SegmentWidget(Container):
         return self.restore_recovery(patient, rec)
 
     def restore_recovery(self, patient: PatientLayers, rec: recovery.Recovery):
-        """Add a recovered correction as '<PATIENT> tumour (recovered)'."""
-        ref = patient.reference
-        shape = tuple(np.shape(ref.data))
-        if rec.mask.size != int(np.prod(shape)):
-            self._say(f"The autosave of {patient.patient_id} has shape {rec.mask.shape}, but the open patient has "
-                      f"{shape}; not restored (file kept: {rec.path}).", error=True)
+        """Add a recovered correction as '<PATIENT> tumour (recovered)', ready for the brush."""
+        try:
+            layer = add_recovered_layer(self.viewer, patient, rec)
+        except ValueError as err:
+            self._say(str(err), error=True)
             return None
-        mask = rec.mask.reshape(shape).astype(np.uint8)
-        meta = {**patient.metadata(), "lgg_role": ROLE_PREDICTION, "lgg_recovered": True,
-                "lgg_model": rec.info.get("lgg_model"), "lgg_model_label": rec.info.get("lgg_model_label")}
-        if rec.ai_mask is not None and rec.ai_mask.size == mask.size:
-            meta[AI_MASK_KEY] = rec.ai_mask.reshape(shape)
-        layer = self.viewer.add_labels(mask, name=f"{patient.patient_id} tumour (recovered)", metadata=meta,
-                                       scale=ref.scale, translate=ref.translate, axis_labels=ref.axis_labels,
-                                       **tumour_look())
-        self._last_autosave[id(layer)] = mask_digest(mask)
+        self._last_autosave[id(layer)] = mask_digest(np.asarray(layer.data))
         self._watch_labels(layer)
         self._ready_for_the_brush(layer)
         self._say(f"Restored the autosaved corrections of {patient.patient_id}.")

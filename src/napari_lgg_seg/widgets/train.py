@@ -10,7 +10,6 @@ best model of a run is offered in the Segment dock's model list.
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import os
 from pathlib import Path
 
@@ -30,7 +29,15 @@ from napari.qt.threading import create_worker, thread_worker
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QFileDialog
 
-from ..train_process import TrainProcess, fit_to_start_model, read_history
+from ..train_process import (
+    TrainProcess,
+    check_patients,
+    describe_data_root,
+    fit_to_start_model,
+    read_history,
+    report_text,
+    run_progress,
+)
 from ._common import (
     current_model_path,
     keep_gc_pauses_short,
@@ -167,18 +174,15 @@ class TrainWidget(Container):
 
     def add_data_root(self, path: str | os.PathLike) -> bool:
         """Add a dataset root (or a single patient folder); False with a message when it holds no patients."""
-        from ..io import find_patient_folders
-
         folder = Path(path).expanduser()
         key = os.fspath(folder.resolve()) if folder.exists() else os.fspath(folder)
         if key in self._roots:
             return True
-        patients = find_patient_folders(folder) if folder.is_dir() else []
-        if not patients:
+        label = describe_data_root(folder)
+        if label is None:
             self._say(f"{folder}: no patient folders (<PATIENT>/<PATIENT>_<k>.tif) found; not added.", error=True)
             return False
-        labelled = sum(1 for p in patients if any(f.name.endswith(("_mask.tif", "_mask.tiff")) for f in p.iterdir()))
-        self._roots[key] = f"{folder} ({len(patients)} patients, {labelled} with masks)"
+        self._roots[key] = label
         self.data_list.reset_choices()
         self._update_buttons()
         return True
@@ -258,13 +262,10 @@ class TrainWidget(Container):
         """When the output folder holds a run, show how far it got and set Epochs to its total."""
         self._update_buttons()
         out = self.output_folder()
-        if self.running or not (out / "last.pt").is_file():
+        progress = run_progress(out)
+        if self.running or progress is None:
             return
-        done = len(read_history(out))
-        try:
-            planned = int(json.loads((out / "config.json").read_text()).get("epochs", done))
-        except (OSError, ValueError, TypeError, AttributeError):
-            planned = done
+        done, planned = progress
         self.epochs_spin.value = min(max(planned, 1), self.epochs_spin.max)
         more = "Resume continues it" if done < planned else "Raise Epochs and Resume to train it further"
         self._say(f"{out} holds a run: {done} of {planned} epochs done. {more}.")
@@ -314,7 +315,7 @@ class TrainWidget(Container):
             config.validate()
         except ValueError as err:
             return self._say(f"Cannot start: {err}", error=True)
-        problem = self._check_patients(roots, config.val_fraction)
+        problem = check_patients(roots, config.val_fraction)
         if problem:
             return self._say(problem, error=True)
         self.history = []
@@ -333,17 +334,6 @@ class TrainWidget(Container):
         self.history = read_history(out)
         return self._launch({"roots": self.data_roots(), "out": os.fspath(out), "resume": True,
                              "epochs": int(self.epochs_spin.value)})
-
-    def _check_patients(self, roots: list[str], val_fraction: float) -> str | None:
-        from ..io import find_patient_folders
-
-        count = sum(len(find_patient_folders(root)) for root in roots)
-        if count == 0:
-            return "The data folders hold no patients."
-        if val_fraction > 0 and count < 2:
-            return ("Only one patient: set the validation share to 0 (no validation) or add more patients; "
-                    "validation needs patients of its own.")
-        return None
 
     def _launch(self, job: dict):
         self._stopping, self.best_path, self.last_report, self.reports_seen = False, None, None, 0
@@ -384,23 +374,15 @@ class TrainWidget(Container):
         if kind == "start":
             self.progress.max = total = max(int(report["total_steps"]), 1)
             self.progress.value = min(int(report["start_epoch"]) * int(report["steps_per_epoch"]), total)
-            self._say(f"Training on {report['train_slices']} slices ({len(report['split']['train'])} patients, "
-                      f"{len(report['split']['val'])} for validation) on {report['device']}; epoch "
-                      f"{report['start_epoch'] + 1} of {report['epochs']}.")
         elif kind == "step":
             self.progress.value = min(int(report["step"]), self.progress.max)
-            if not self._stopping:
-                self._say(f"Epoch {report['epoch']}, batch {report['batch']}/{report['steps_per_epoch']}: loss "
-                          f"{report['loss']:.4f} ({report['slices_per_s']:.1f} slices/s)")
         elif kind == "epoch":
             self.history.append({k: v for k, v in report.items() if k != "kind"})
             self._draw_plot()
-            dice = report.get("val_patient_dice_mean")
-            text = f"Epoch {report['epoch']} done: train loss {report['train_loss']:.4f}"
-            if dice is not None:
-                text += f", val Dice {dice:.3f}{' (best so far)' if report.get('improved') else ''}"
+        text = report_text(report)
+        if text is not None and not (kind == "step" and self._stopping):
             self._say(text)
-        elif kind == "done":
+        if kind == "done":
             self._on_done(report)
         elif kind == "error":
             self._say(f"Training failed: {report['error']}", error=True)
