@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import os
 import subprocess
 import sys
@@ -35,13 +36,23 @@ def test_manifest_is_valid_and_importable():
     assert installed.model_dump(exclude={"package_metadata"}) == manifest.model_dump(exclude={"package_metadata"})
 
 
-def test_widget_modules_do_not_import_torch():
-    code = ("import sys, napari_lgg_seg._reader, napari_lgg_seg._writer, napari_lgg_seg._sample_data, "
-            "napari_lgg_seg.widgets.segment, napari_lgg_seg.widgets.export, napari_lgg_seg.widgets.browser, "
-            "napari_lgg_seg.widgets.train; "
-            "print('torch' in sys.modules)")
+def _imported_by(modules: list[str], watched: tuple[str, ...]) -> list[str]:
+    """Which of ``watched`` a fresh interpreter has imported after importing ``modules``."""
+    code = f"import sys, {', '.join(modules)}; print(sorted(m for m in {watched!r} if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False"
+    return ast.literal_eval(out.stdout.strip())
+
+
+def test_widget_modules_do_not_import_torch():
+    modules = [f"napari_lgg_seg.{name}" for name in ("_reader", "_writer", "_sample_data", "widgets.segment",
+                                                     "widgets.export", "widgets.browser", "widgets.train")]
+    assert _imported_by(modules, ("torch",)) == []
+
+
+def test_the_core_modules_import_neither_qt_nor_torch():
+    modules = [f"napari_lgg_seg.{name}" for name in ("layers", "export", "workflow", "_reader", "display")]
+    watched = ("qtpy", "PyQt6", "PyQt5", "PySide6", "torch", "napari_lgg_seg.widgets")
+    assert _imported_by(modules, watched) == []
 
 
 def test_sample_then_segment_dock_through_the_manifest(make_napari_viewer, qtbot, tiny_checkpoint):
