@@ -85,7 +85,7 @@ def _isolated_model_choices():
     yield
     import sys
 
-    common = sys.modules.get("napari_lgg_seg.widgets._common")
+    common = sys.modules.get("napari_lgg_seg.segmentation")
     if common is not None:
         common.set_current_model_path(None)
         for _label, path in common.registered_models():

@@ -50,7 +50,8 @@ def test_widget_modules_do_not_import_torch():
 
 
 def test_the_core_modules_import_neither_qt_nor_torch():
-    modules = [f"napari_lgg_seg.{name}" for name in ("layers", "export", "workflow", "_reader", "display")]
+    modules = [f"napari_lgg_seg.{name}" for name in ("layers", "export", "workflow", "_reader", "display",
+                                                     "segmentation", "train_process")]
     watched = ("qtpy", "PyQt6", "PyQt5", "PySide6", "torch", "napari_lgg_seg.widgets")
     assert _imported_by(modules, watched) == []
 

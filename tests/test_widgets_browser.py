@@ -110,7 +110,7 @@ def test_unexported_corrections_ask_first(setup):
     browser.ask = lambda title, text: True
     assert browser.next()
     # the corrections are kept for export, hidden with their patient (issue 13, bug 2), and autosaved
-    assert layer not in viewer.layers and not layer.visible and browser._kept[names[0]] == [layer]
+    assert layer not in viewer.layers and not layer.visible and browser.session.kept[names[0]] == [layer]
     assert f"{names[0]} FLAIR" not in viewer.layers and f"{names[0]} tumour probability" not in viewer.layers
     assert patients_open(viewer) == {names[1]}
     assert browser.states[names[0]] == "corrected"
@@ -212,13 +212,13 @@ def test_one_patient_on_screen_and_the_kept_correction_comes_back_on_top(make_na
     layer.mode = "paint"
     assert browser.next()
     assert patients_open(viewer) == {tall}
-    assert all(la.visible is False for la in browser._kept[short])
+    assert all(la.visible is False for la in browser.session.kept[short])
     assert viewer.dims.range[0].stop == 13  # the tall patient's 14 slices, not stretched by the other
     assert browser.previous()
     assert viewer.layers[-1] is layer and layer.visible and viewer.layers.selection.active is layer
     assert patients_open(viewer) == {short}
     assert viewer.dims.range[0].stop == 5  # the short patient's 6 slices
-    assert short not in browser._kept
+    assert short not in browser.session.kept
 
 
 def test_a_switch_updates_the_dims_once_not_once_per_layer(setup, monkeypatch):
@@ -259,7 +259,7 @@ def test_the_prefetch_and_export_threads_run_below_the_window(setup, tmp_path):
     def priority() -> int:
         return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
 
-    assert browser._pool.submit(priority).result(timeout=30) >= WORKER_NICENESS
+    assert browser.session._pool.submit(priority).result(timeout=30) >= WORKER_NICENESS
 
     class Job:
         def write(self):

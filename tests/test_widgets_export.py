@@ -39,7 +39,7 @@ def make_export_widget(viewer, out):
 
     widget = ExportWidget(viewer)
     viewer.window.add_dock_widget(widget, name="Export")
-    widget.folder.value = out or None
+    widget.output_folder.value = out or None
     return widget
 
 
@@ -51,7 +51,7 @@ def test_export_roundtrip_keeps_source_images(make_napari_viewer, phantom_patien
     recovery.save_recovery(pid, layer.data)
     widget = make_export_widget(viewer, tmp_path / "out")
     assert widget.selected_layer() is layer  # the tumour layer is preferred over the ground truth
-    assert not widget.overwrite_check.value
+    assert not widget.overwrite.value
     target = widget.export()
     assert target == tmp_path / "out" / pid
     assert "Exported 12 slices" in widget.status_label.value
@@ -77,7 +77,7 @@ def test_export_roundtrip_keeps_source_images(make_napari_viewer, phantom_patien
     text = widget.status_label.value
     assert "already exists" in text and "Overwrite" in text
     assert {p.name: p.read_bytes() for p in target.iterdir()} == before
-    widget.overwrite_check.value = True
+    widget.overwrite.value = True
     assert widget.export() == target
     np.testing.assert_array_equal(load_patient(target).masks, np.asarray(layer.data))
 
@@ -154,16 +154,16 @@ def test_export_dock_never_offers_the_ground_truth_by_default(make_napari_viewer
     viewer.open(str(phantom_patient), plugin=PLUGIN)
     pid = phantom_patient.name
     _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Export corrected masks")
-    widget.folder.value = tmp_path / "out"
+    widget.output_folder.value = tmp_path / "out"
     truth = viewer.layers[f"{pid} ground truth"]
-    assert truth in widget.labels_combo.choices and widget.selected_layer() is None
+    assert truth in widget.labels_layer.choices and widget.selected_layer() is None
     assert widget.export() is None and "Choose a Labels layer" in widget.status_label.value
     assert not (tmp_path / "out").exists()
     viewer.add_labels(np.zeros((2, 8, 8), np.uint8), name="scratch")  # another non-tumour layer: still nothing
     assert widget.selected_layer() is None
     layer = corrected_layer(viewer, pid)
     assert widget.selected_layer() is layer
-    widget.labels_combo.value = truth  # the user's own choice survives layer changes
+    widget.labels_layer.value = truth  # the user's own choice survives layer changes
     viewer.add_labels(np.zeros((2, 8, 8), np.uint8), name="scratch 2")
     assert widget.selected_layer() is truth
 

@@ -247,7 +247,7 @@ def test_checkpoint_card_sets_the_controls(widget, tmp_path):
 
 
 def test_registered_models_appear(widget, tmp_path):
-    from napari_lgg_seg.widgets._common import register_model, unregister_model
+    from napari_lgg_seg.segmentation import register_model, unregister_model
 
     path = make_tiny_checkpoint(tmp_path / "finetuned.pt")
     try:

@@ -57,7 +57,7 @@ def configure(w, root, start, out, *, epochs: int, steps: int = 2) -> None:
 
 
 def test_start_stop_resume(widget, qtbot, phantom_root, start_checkpoint, tmp_path):
-    from napari_lgg_seg.widgets._common import registered_models, unregister_model
+    from napari_lgg_seg.segmentation import registered_models, unregister_model
 
     w = widget
     out = tmp_path / "run"
@@ -171,7 +171,7 @@ def test_the_manifest_opens_the_dock(make_napari_viewer):
 def test_the_dock_trains_in_a_child_process(widget, qtbot, monkeypatch, phantom_root, start_checkpoint, tmp_path):
     """Training runs in another process: the engine is unusable in this one, and the dock still trains."""
     import napari_lgg_seg.training as training_mod
-    from napari_lgg_seg.widgets._common import registered_models, unregister_model
+    from napari_lgg_seg.segmentation import registered_models, unregister_model
 
     def not_here(*args, **kwargs):
         raise AssertionError("training ran in the napari process")
@@ -318,7 +318,7 @@ def test_the_curves_image_never_widens_the_dock(widget, qtbot):
     w = widget
     w.plot_label.native.setMaximumWidth(200)  # a narrow dock
     qtbot.waitUntil(lambda: w.plot_label.native.width() <= 200, timeout=5000)
-    w.history = [{"epoch": 1, "train_loss": 0.9, "val_loss": 0.8}, {"epoch": 2, "train_loss": 0.7, "val_loss": 0.6}]
+    w.history.extend([{"epoch": 1, "train_loss": 0.9, "val_loss": 0.8}, {"epoch": 2, "train_loss": 0.7, "val_loss": 0.6}])
     w._draw_plot()
     qtbot.waitUntil(lambda: w.plot_draws >= 1, timeout=WAIT_MS)
     pixmap = w.plot_label.native.pixmap()

@@ -250,7 +250,7 @@ def test_the_next_button_leaves_a_segmented_patient_in_two_turns(ready, qtbot):
 
     viewer, browser, names = ready
     pid, labels = segment_and_wait(qtbot, viewer, browser)
-    qtbot.waitUntil(lambda: all(f.done() for f in browser._prefetched.values()), timeout=WAIT_MS)  # neighbours read
+    qtbot.waitUntil(lambda: all(f.done() for f in browser.session.prefetched.values()), timeout=WAIT_MS)  # neighbours read
     removed = []
     viewer.layers.events.removed.connect(lambda event: removed.append(event.value.name))
     browser.next_button.native.click()
@@ -310,3 +310,253 @@ def test_the_next_patients_result_reuses_the_previous_result_layers(ready, qtbot
     labels.paint((z, 5, 5), 1, refresh=True)  # the brush works on the refilled layer, and counts as a correction
     assert labels.data[z, 5, 5] == 1
     qtbot.waitUntil(lambda: browser.states[names[1]] == "corrected", timeout=5_000)
+
+
+# ------------------------------------------------------------- the Qt-free session (napari ViewerModel, no window)
+
+
+class Recorder:
+    """A ``DatasetSession`` on a ViewerModel whose later turns are queued (``run_later`` runs them) and whose
+    signals are recorded."""
+
+    def __init__(self, root=None, export_root=None, answer=True) -> None:
+        from napari.components import ViewerModel
+
+        from napari_lgg_seg.workflow import DatasetSession
+
+        self.viewer = ViewerModel()
+        self.queued, self.questions, self.messages, self.rows, self.waits, self.moved = [], [], [], [], [], []
+        self.session = DatasetSession(self.viewer, export_root=export_root, ask=self.ask,
+                                      later=lambda ms, fn: self.queued.append(fn), waiting=self.waiting)
+        self.answer = answer
+        self.session.status.connect(lambda text, error: self.messages.append((text, error)))
+        self.session.current_changed.connect(self.rows.append)
+        self.session.moved_on.connect(self.moved.append)
+        if root is not None:
+            assert self.session.open_root(root) == 3
+            assert self.session.show_patient(0)
+
+    def ask(self, title, text) -> bool:
+        self.questions.append(text)
+        return self.answer
+
+    def waiting(self):
+        import contextlib
+
+        self.waits.append(1)
+        return contextlib.nullcontext()
+
+    def run_later(self) -> None:
+        while self.queued:
+            self.queued.pop(0)()
+
+    def open_patients(self) -> set:
+        return {la.metadata.get("lgg_patient_id") for la in self.viewer.layers
+                if la.metadata.get("lgg_role") != "spare"}
+
+    def segment(self, pid: str, edited: bool = False):
+        """A result of ``pid``, as the Segment dock adds it (tumour labels with the network's mask, probability)."""
+        shape = self.viewer.layers[f"{pid} FLAIR"].data.shape
+        ai = np.zeros(shape, np.uint8)
+        ai[1, 5:9, 5:9] = 1
+        layer = self.viewer.add_labels(ai.copy(), name=f"{pid} tumour", metadata={
+            "lgg_patient_id": pid, "lgg_role": "prediction", "lgg_ai_mask": ai.copy(), "lgg_result_id": "r1"})
+        self.viewer.add_image(ai.astype(np.float32), name=f"{pid} tumour probability", visible=False,
+                              metadata={"lgg_patient_id": pid, "lgg_role": "probability", "lgg_result_id": "r1"})
+        if edited:
+            layer.data_setitem((np.array([2]), np.array([3]), np.array([3])), 1)
+            self.run_later()  # the state follows the paint in a later turn
+        return layer
+
+
+def wait_for_prefetch(session) -> None:
+    for future in list(session.prefetched.values()):
+        future.result(timeout=60)
+
+
+def test_session_lists_a_root_and_steps_through_it(phantom_root):
+    rec = Recorder()
+    session = rec.session
+    listed = []
+    session.listed.connect(lambda: listed.append(list(session.folders)))
+    assert session.open_root(phantom_root) == 3 and listed == [session.folders]
+    names = [folder.name for folder in session.folders]
+    assert names == sorted(p.name for p in phantom_root.iterdir())
+    assert session.states == dict.fromkeys(names, "not started") and rec.messages[-1] == ("3 patients in "
+                                                                                         f"{phantom_root}.", False)
+    assert session.current_patient_id is None and not session.previous() and not session.show_patient(3)
+
+    assert session.show_patient(0) and rec.open_patients() == {names[0]} and rec.rows == [0]
+    assert rec.messages[-1][0].startswith(f"Patient 1 of 3: {names[0]}, 12 slices")
+    assert rec.viewer.dims.current_step[0] == 6
+    assert set(session.prefetched) == {session.folders[1]}
+    wait_for_prefetch(session)
+    waits = len(rec.waits)
+    assert session.next() and rec.open_patients() == {names[1]} and session.current_index == 1
+    assert len(rec.waits) == waits  # the prefetched copy, ready: no wait
+    assert set(session.prefetched) == {session.folders[0], session.folders[2]}
+    assert session.next() and not session.next() and session.current_patient_id == names[2]
+    assert session.switch_to(0, soon=True) and rec.rows == [0, 1, 2, 0]  # nothing to park: switched at once
+    assert rec.open_patients() == {names[0]} and rec.questions == []
+
+
+def test_session_root_without_patients_and_a_patient_folder_as_root(phantom_root, tmp_path):
+    session = Recorder().session
+    messages = []
+    session.status.connect(lambda text, error: messages.append((text, error)))
+    assert session.open_root(tmp_path / "empty") == 0 and session.root is None
+    assert messages[-1][1] and "No patient folders" in messages[-1][0]
+    folder = sorted(phantom_root.iterdir())[1]
+    assert session.open_root(folder) == 1 and session.folders == [folder]
+
+
+def test_session_keeps_unexported_corrections_and_asks_first(phantom_root):
+    from napari_lgg_seg import recovery
+
+    rec = Recorder(phantom_root, answer=False)
+    session, names = rec.session, [f.name for f in rec.session.folders]
+    layer = rec.segment(names[0], edited=True)
+    assert session.states[names[0]] == "corrected"
+    assert not session.next() and len(rec.questions) == 1 and f"'{names[0]} tumour'" in rec.questions[0]
+    assert rec.rows[-1] == 0 and session.current_patient_id == names[0] and layer in rec.viewer.layers
+
+    rec.answer = True
+    assert session.next() and rec.open_patients() == {names[1]}
+    assert session.kept == {names[0]: [layer]} and not layer.visible and layer not in rec.viewer.layers
+    assert session.states[names[0]] == "corrected" and recovery.has_recovery(names[0])  # autosaved
+    assert session.previous() and rec.viewer.layers[-1] is layer and layer.visible and session.kept == {}
+    assert rec.viewer.layers.selection.active is layer
+
+
+def test_session_parks_results_then_switches_in_a_later_turn(phantom_root):
+    rec = Recorder(phantom_root)
+    session, names = rec.session, [f.name for f in rec.session.folders]
+    labels = rec.segment(names[0])
+    assert session.states[names[0]] == "segmented" and names[0] in session.segmented
+    wait_for_prefetch(session)
+    assert session.switch_to(1, soon=True)
+    assert session.current_patient_id == names[0] and labels.metadata == {"lgg_role": "spare"}  # parked now
+    rec.run_later()
+    assert session.current_patient_id == names[1] and rec.open_patients() == {names[1]}
+    assert session.states[names[0]] == "segmented"  # remembered without its layers
+
+    rec.segment(names[1])
+    wait_for_prefetch(session)
+    assert session.switch_to(2, soon=True) and session.show_patient(0)  # another patient opened meanwhile
+    rec.run_later()
+    assert session.current_patient_id == names[0]  # the parked switch to patient 3 was dropped
+
+
+def test_session_reads_again_a_folder_changed_since_its_prefetch(phantom_root):
+    rec = Recorder(phantom_root)
+    session, names = rec.session, [f.name for f in rec.session.folders]
+    wait_for_prefetch(session)
+    (phantom_root / names[1] / f"{names[1]}_4.tif").write_bytes(b"II*\x00broken")
+    waits = len(rec.waits)
+    assert not session.next()
+    assert len(rec.waits) == waits + 1  # read now, with the wait cursor
+    text, error = rec.messages[-1]
+    assert error and f"Cannot open {names[1]}" in text and f"{names[1]}_4.tif" in text
+    assert session.current_patient_id == names[0] and rec.rows[-1] == 0 and rec.open_patients() == {names[0]}
+
+
+def test_session_accept_and_next(phantom_root, tmp_path):
+    from napari_lgg_seg.io import load_patient
+
+    rec = Recorder(phantom_root)
+    session, names = rec.session, [f.name for f in rec.session.folders]
+    assert not session.accept_and_next() and "export root" in rec.messages[-1][0] and rec.messages[-1][1]
+    session.export_root = out = tmp_path / "accepted"
+    assert not session.accept_and_next() and rec.messages[-1] == (
+        f"{names[0]} has no tumour layer to accept: segment it first (Shift-S).", True)
+    layer = rec.segment(names[0], edited=True)
+    painted = np.asarray(layer.data).copy()
+
+    written = []
+    session.write_export = lambda job, done: written.append((job, done))  # as a worker would: later
+    assert session.accept_and_next() and session.exporting and rec.messages[-1] == (f"Exporting {names[0]}…", False)
+    assert not session.accept_and_next() and "still being written" in rec.messages[-1][0]
+    job, done = written[0]
+    done(job.write())
+    assert not session.exporting and session.states[names[0]] == "exported"
+    assert session.current_patient_id == names[0] and layer.metadata == {"lgg_role": "spare"}  # parked
+    rec.run_later()
+    assert session.current_patient_id == names[1] and rec.moved == [names[1]]
+    np.testing.assert_array_equal(load_patient(out / names[0]).masks > 0, painted > 0)
+
+    session.write_export = lambda job, done: done(FileExistsError("it exists."))
+    rec.segment(names[1])
+    assert session.accept_and_next() and not session.exporting
+    assert rec.messages[-1] == ("Not accepted: it exists. Nothing was written (the Export dock's 'Overwrite' "
+                                "replaces an export).", True)
+    session.write_export = lambda job, done: done(OSError("disk full"))
+    assert session.accept_and_next() and rec.messages[-1] == (f"Export of {names[1]} failed: disk full", True)
+    assert session.current_patient_id == names[1] and session.states[names[1]] == "segmented"
+
+
+def test_session_accepts_the_last_patient_and_says_all_are_exported(phantom_root, tmp_path):
+    from napari_lgg_seg.io import load_patient, write_patient_folder
+
+    out = tmp_path / "accepted"
+    rec = Recorder(phantom_root, export_root=out)
+    session, names = rec.session, [f.name for f in rec.session.folders]
+    for name in names[1:]:
+        patient = load_patient(phantom_root / name)
+        write_patient_folder(out, name, patient.masks, images=patient.images)
+    session.refresh_states()
+    assert [session.states[n] for n in names] == ["not started", "exported", "exported"]
+    assert session.next_not_exported_index() is None and not session.next_not_exported()
+    assert rec.messages[-1] == (f"All 3 patients are exported to {out}.", False)
+
+    layer = rec.segment(names[0])
+    assert session.accept_and_next()  # written at once (the default writer)
+    assert session.current_patient_id == names[0] and layer in rec.viewer.layers and rec.queued == []
+    assert session.states[names[0]] == "exported" and rec.moved == []
+    assert session.accept_and_next() is False  # already exported: nothing left to open
+    assert rec.messages[-1] == (f"All 3 patients are exported to {out}.", False)
+
+
+def test_session_next_not_exported_wraps_around(phantom_root, tmp_path):
+    from napari_lgg_seg.io import load_patient, write_patient_folder
+
+    out = tmp_path / "accepted"
+    rec = Recorder(phantom_root, export_root=out)
+    session, names = rec.session, [f.name for f in rec.session.folders]
+    assert session.show_patient(2) and session.next_not_exported_index() == 0
+    patient = load_patient(phantom_root / names[0])
+    write_patient_folder(out, names[0], patient.masks, images=patient.images)
+    assert session.next_not_exported_index() == 1
+    assert session.next_not_exported() and session.current_patient_id == names[1]
+
+
+def test_session_adopts_the_readers_patient_and_toggles_its_ground_truth(phantom_root):
+    from napari.layers import Layer
+
+    rec = Recorder()
+    session = rec.session
+    session.open_root(phantom_root)
+    layers = session.first_patient_layers()
+    names = [folder.name for folder in session.folders]
+    assert session.current_patient_id == names[0] and rec.rows == [0]
+    for data, kwargs, kind in layers:
+        rec.viewer.add_layer(Layer.create(data, kwargs, kind))
+    assert not session.adopt("nobody") and session.adopt(names[0]) and rec.rows == [0, 0]
+    assert set(session.prefetched) == {session.folders[1]}
+    truth = rec.viewer.layers[f"{names[0]} ground truth"]
+    visible = truth.visible
+    session.toggle_ground_truth()
+    assert truth.visible is not visible
+    assert session.next() and rec.open_patients() == {names[1]}
+
+
+def test_a_closed_session_stops_reading_ahead_and_following_the_viewer(phantom_root):
+    rec = Recorder(phantom_root)
+    session, names = rec.session, [f.name for f in rec.session.folders]
+    states = []
+    session.state_changed.connect(lambda index, state: states.append(state))
+    session.close()
+    assert session.prefetched == {}
+    session.prefetch_around(1)  # the pool is shut down: nothing is read, nothing raises
+    assert session.prefetched == {}
+    rec.segment(names[0])
+    assert names[0] not in session.segmented and states == []

@@ -1,4 +1,4 @@
-"""What the docks share: the run-time model registry, the window's responsiveness (worker priority, short GC
+"""What the docks share: the window's responsiveness (worker priority, short GC
 pauses, a layer list wide enough for patient names) and their status lines and questions.
 
 The layers themselves (patients, results, edit tracking) are handled Qt-free in ``napari_lgg_seg.layers``. Nothing
@@ -14,61 +14,9 @@ import sys
 import threading
 import weakref
 from collections.abc import Callable
-from pathlib import Path
 from types import SimpleNamespace
 
-from psygnal import Signal
-
 from ..layers import unproxied
-
-# ----------------------------------------------------------------------------------------- models
-
-
-class _ModelRegistry:
-    """Models added at run time (e.g. by the training widget): path -> label, in insertion order."""
-
-    changed = Signal()
-
-    def __init__(self) -> None:
-        self.models: dict[str, str] = {}
-
-
-MODEL_REGISTRY = _ModelRegistry()
-
-
-def register_model(path: str | os.PathLike, label: str | None = None) -> str:
-    """Offer a checkpoint in every segment widget's model list; returns the label used."""
-    key = os.fspath(Path(path).expanduser().resolve())
-    label = label or Path(key).name
-    MODEL_REGISTRY.models[key] = label
-    MODEL_REGISTRY.changed.emit()
-    return label
-
-
-def unregister_model(path: str | os.PathLike) -> None:
-    """Remove a model added with :func:`register_model` (no error when absent)."""
-    key = os.fspath(Path(path).expanduser().resolve())
-    if MODEL_REGISTRY.models.pop(key, None) is not None:
-        MODEL_REGISTRY.changed.emit()
-
-
-def registered_models() -> list[tuple[str, str]]:
-    """``(label, path)`` of the models registered at run time."""
-    return [(label, path) for path, label in MODEL_REGISTRY.models.items()]
-
-
-_CURRENT_MODEL: dict[str, str | None] = {"path": None}
-
-
-def set_current_model_path(path: str | os.PathLike | None) -> None:
-    """Record the model a Segment dock has just loaded (offered as "Current model" by the Train dock)."""
-    _CURRENT_MODEL["path"] = os.fspath(path) if path else None
-
-
-def current_model_path() -> str | None:
-    """The checkpoint the Segment dock loaded last, or None."""
-    return _CURRENT_MODEL["path"]
-
 
 # ------------------------------------------------------------------------------ responsiveness
 

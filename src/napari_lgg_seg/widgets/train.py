@@ -1,66 +1,59 @@
-"""The "Train / fine-tune" dock (a magicgui form): train the U-Net on dataset roots (and exported corrections).
+"""The "Train / fine-tune" dock: a magicgui form over ``train_process`` (data list, choices, jobs, reports).
 
-Training runs in a child process (``train_process``: the engine ``training.train``, as the CLI runs it), so it never
-competes with the GUI for the GIL; a worker thread reads the child's small report dicts and hands them to the GUI
-(progress bar, status line, a live plot once per epoch). Stop ends the run after the current batch (``best.pt`` of
-the finished epochs is kept); Resume continues the run in the output folder; closing the dock kills the child. The
-best model of a run is offered in the Segment dock's model list.
+Training runs in a child process, read by a thread worker; Stop ends it after the current batch, Resume continues
+the run in the output folder, closing the dock kills the child. The best model is offered in the Segment dock.
 """
 
-from __future__ import annotations
-
-import datetime as _dt
 import os
 from pathlib import Path
+from typing import Annotated, Literal
 
-from magicgui.widgets import (
-    CheckBox,
-    ComboBox,
-    Container,
-    FileEdit,
-    FloatSpinBox,
-    Label,
-    ProgressBar,
-    PushButton,
-    Select,
-    SpinBox,
-)
-from napari.qt.threading import create_worker, thread_worker
+from magicgui.signature import magic_signature
+from magicgui.widgets import ComboBox, Container, Label, ProgressBar, PushButton, Select
+from napari.qt.threading import thread_worker
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QFileDialog
 
-from ..train_process import (
-    TrainProcess,
-    check_patients,
-    describe_data_root,
-    fit_to_start_model,
-    read_history,
-    report_text,
-    run_progress,
-)
-from ._common import (
-    current_model_path,
-    keep_gc_pauses_short,
-    notify,
-    register_model,
-    registered_models,
-    run_below_the_window,
-    status_html,
-    wrapped_label,
-)
+from .. import train_process as core
+from ..segmentation import current_model_path, register_model, registered_models
+from ._common import keep_gc_pauses_short, notify, run_below_the_window, status_html, wrapped_label
 
-RUNS_HOME = Path("~/napari-lgg-seg-runs")
-SCRATCH, DEFAULT, CURRENT, FILE = "scratch", "default", "current", "file"
-LOSSES = ("weighted_bce_dice", "bce_dice")
 PLOT_HEIGHT = 200
 PLOT_PLACEHOLDER = "Loss and validation curves appear here after each epoch."
 
 
-def default_output_folder() -> Path:
-    """``~/napari-lgg-seg-runs/<timestamp>`` (not created)."""
-    return RUNS_HOME.expanduser() / _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+def _devices(_widget=None) -> list[str]:
+    from ..inference import available_devices
+
+    return available_devices()
 
 
+def run_settings(
+    *,
+    epochs: Annotated[int, {"label": "Epochs", "min": 1, "max": 1000,
+                            "tooltip": "Total epochs of the run (on Resume: the new total)"}] = 5,
+    steps_per_epoch: Annotated[int, {"label": "Steps per epoch (0: one pass)", "min": 0, "max": 100_000,
+                                     "tooltip": "Batches per epoch; 0 = one pass over the training slices"}] = 0,
+    batch_size: Annotated[int, {"label": "Batch size", "min": 1, "max": 256}] = 8,
+    lr: Annotated[float, {"label": "Learning rate", "min": 1e-6, "max": 1.0, "step": 1e-6,
+                          "tooltip": "Adam learning rate (1e-3 from scratch; 1e-4 is safer for fine-tuning)"}] = 1e-3,
+    loss: Annotated[Literal["weighted_bce_dice", "bce_dice"], {
+        "label": "Loss", "tooltip": "bce_dice: the seed's baseline; weighted_bce_dice: tumour pixels weighted"}
+    ] = "weighted_bce_dice",
+    pos_weight: Annotated[float, {"label": "Tumour weight", "min": 1.0, "max": 100.0}] = 3.0,
+    val_fraction: Annotated[float, {"label": "Validation share", "min": 0.0, "max": 0.5, "step": 0.05,
+                                    "tooltip": "Share of patients held out for validation (model selection); "
+                                    "0 = none"}] = 0.15,
+    crops: Annotated[bool, {"text": "128-px crops, half around tumour (faster on CPU)",
+                            "tooltip": "Off: whole slices, as in the seed work"}] = False,
+    device: Annotated[str, {"label": "Device", "choices": _devices}],
+    out_dir: Annotated[Path, {"label": "Output folder", "mode": "d",
+                              "tooltip": "The run folder: a new run is written there; Resume continues the run in it"}],
+) -> None:
+    """The settings form of the dock (``train_process.make_config`` turns its values into a ``TrainConfig``)."""
+
+
+@thread_worker(start_thread=False)
 def _render_curves(*args):
     """Worker: ``plots.render_curves`` below the window's CPU priority."""
     from ..plots import render_curves
@@ -70,9 +63,15 @@ def _render_curves(*args):
 
 
 @thread_worker(start_thread=False)
-def _read_reports(process: TrainProcess):
+def _read_reports(process: core.TrainProcess):
     """Worker generator: the child's reports, as they come (the thread waits on a pipe, holding no lock)."""
     yield from process.reports()
+
+
+def _button(text: str, callback, tooltip: str | None = None) -> PushButton:
+    button = PushButton(text=text, tooltip=tooltip)
+    button.clicked.connect(callback)
+    return button
 
 
 def _row(label: str, *widgets) -> Container:
@@ -84,112 +83,72 @@ def _row(label: str, *widgets) -> Container:
 class TrainWidget(Container):
     """Train from scratch or fine-tune a model on folders in the LGG layout, with a live plot."""
 
+    history = property(lambda self: self.run.history, doc="Epoch rows of the current (or last) run.")
+    reports_seen = property(lambda self: self.run.reports_seen)
+    last_report = property(lambda self: self.run.last_report)
+    best_path = property(lambda self: self.run.best_path, doc="The best.pt of the last run, or None.")
+
     def __init__(self, napari_viewer) -> None:
-        from ..inference import available_devices
-
         self.viewer = napari_viewer
-        self._roots: dict[str, str] = {}  # resolved folder -> label
-        self._checkpoint_files: list[str] = []
-        self._process: TrainProcess | None = None
-        self._stopping = self._closed = False
+        self.roots, self.starts, self.run = core.DataRoots(), core.StartModels(), core.RunMonitor()
+        self._process: core.TrainProcess | None = None
+        self._closed = False
         self._auto_output = True  # the output folder is the default one (a new run may pick another)
-        self._plot_worker, self._plot_pending = None, False
-        self.history: list[dict] = []
-        self.reports_seen = self.plot_draws = 0
-        self.last_report: dict | None = None
-        self.best_path: str | None = None
+        self._plot_worker, self._plot_pending, self.plot_draws = None, False, 0
 
-        self.data_list = Select(label="Training data", choices=self._root_choices,
+        self.data_list = Select(label="Training data", choices=lambda _w: self.roots.choices(),
                                 tooltip="Folders in the LGG layout: ROOT/<PATIENT>/<PATIENT>_<k>.tif + _mask.tif")
         self.data_list.native.setMaximumHeight(90)
-        self.add_button = PushButton(text="Add folder…")
-        self.remove_button = PushButton(text="Remove", tooltip="Remove the selected folders")
         self.start_combo = ComboBox(choices=self._start_choices,
                                     tooltip="Fine-tune a model (architecture and training size are the model's) or "
                                     "train a new U-Net from random weights")
-        self.browse_button = PushButton(text="Checkpoint…", tooltip="Fine-tune a checkpoint file (.pt)")
-        self.epochs_spin = SpinBox(label="Epochs", min=1, max=1000, value=5,
-                                   tooltip="Total epochs of the run (on Resume: the new total)")
-        self.steps_spin = SpinBox(label="Steps per epoch (0: one pass)", min=0, max=100_000, value=0,
-                                  tooltip="Batches per epoch; 0 = one pass over the training slices")
-        self.batch_spin = SpinBox(label="Batch size", min=1, max=256, value=8)
-        self.lr_spin = FloatSpinBox(label="Learning rate", min=1e-6, max=1.0, step=1e-6, value=1e-3,
-                                    tooltip="Adam learning rate (1e-3 from scratch; 1e-4 is safer for fine-tuning)")
-        self.lr_spin.step = None  # adaptive: steps of a tenth of the value's magnitude (6 decimals kept)
-        self.loss_combo = ComboBox(label="Loss", choices=LOSSES,
-                                   tooltip="bce_dice: the seed's baseline; weighted_bce_dice: tumour pixels weighted")
-        self.pos_weight_spin = FloatSpinBox(label="Tumour weight", min=1.0, max=100.0, value=3.0)
-        self.val_spin = FloatSpinBox(label="Validation share", min=0.0, max=0.5, step=0.05, value=0.15,
-                                     tooltip="Share of patients held out for validation (model selection); 0 = none")
-        self.crop_check = CheckBox(text="128-px crops, half around tumour (faster on CPU)",
-                                   tooltip="Off: whole slices, as in the seed work")
-        self.device_combo = ComboBox(label="Device", choices=lambda _w: available_devices())
-        self.out_edit = FileEdit(label="Output folder", mode="d",
-                                 tooltip="The run folder: a new run is written there; Resume continues the run in it")
-        self.settings = Container(widgets=[
-            self.data_list, _row("", self.add_button, self.remove_button),
-            _row("Start from", self.start_combo, self.browse_button), self.epochs_spin, self.steps_spin,
-            self.batch_spin, self.lr_spin, self.loss_combo, self.pos_weight_spin, self.val_spin, self.crop_check,
-            self.device_combo, self.out_edit])
-        self.settings.margins = (0, 0, 0, 0)
-        self.start_button = PushButton(text="Start")
-        self.stop_button = PushButton(text="Stop")
-        self.resume_button = PushButton(
-            text="Resume", tooltip="Continue the run in the output folder (from its last finished epoch)")
+        self.start_combo.changed.connect(self._on_start_changed)
+        data_buttons = _row("", _button("Add folder…", self._browse_data),
+                            _button("Remove", self.remove_selected_root, "Remove the selected folders"))
+        start_row = _row("Start from", self.start_combo,
+                         _button("Checkpoint…", self._browse_start, "Fine-tune a checkpoint file (.pt)"))
+        fields = magic_signature(run_settings).widgets().values()
+        self.settings = form = Container(widgets=[self.data_list, data_buttons, start_row, *fields])
+        form.margins = (0, 0, 0, 0)
+        form.lr.step = None  # adaptive: steps of a tenth of the value's magnitude (6 decimals kept)
+        form.loss.changed.connect(self._update_buttons)
+        form.out_dir.changed.connect(self._on_output_edited)
+        self.epochs_spin, self.steps_spin, self.batch_spin = form.epochs, form.steps_per_epoch, form.batch_size
+        self.lr_spin, self.val_spin, self.crop_check, self.out_edit = form.lr, form.val_fraction, form.crops, form.out_dir
+        self.start_button, self.stop_button = _button("Start", self.start), _button("Stop", self.stop)
+        self.resume_button = _button("Resume", self.resume,
+                                     "Continue the run in the output folder (from its last finished epoch)")
         self.progress = ProgressBar(min=0, max=1, value=0)
         self.status_label = wrapped_label(Label(value="Add a data folder, then Start."), rich=True, selectable=True)
-        # the curves are rendered to an image in a worker thread (matplotlib Agg takes 50-300 ms per draw)
         self.plot_label = wrapped_label(Label(value=PLOT_PLACEHOLDER), rich=True, selectable=True)
         self.plot_label.native.setAlignment(Qt.AlignmentFlag.AlignCenter)
         self.plot_label.native.setMinimumHeight(PLOT_HEIGHT)
-        super().__init__(widgets=[self.settings, _row("", self.start_button, self.stop_button, self.resume_button),
+        super().__init__(widgets=[form, _row("", self.start_button, self.stop_button, self.resume_button),
                                   self.progress, self.status_label, self.plot_label], labels=False)
-
-        self.add_button.clicked.connect(self._browse_data)
-        self.remove_button.clicked.connect(self.remove_selected_root)
-        self.start_combo.changed.connect(self._on_start_changed)
-        self.browse_button.clicked.connect(self._browse_start)
-        self.loss_combo.changed.connect(self._update_buttons)
-        self.out_edit.changed.connect(self._on_output_edited)
-        self.start_button.clicked.connect(self.start)
-        self.stop_button.clicked.connect(self.stop)
-        self.resume_button.clicked.connect(self.resume)
         self.native.destroyed.connect(self._on_destroyed)
         keep_gc_pauses_short(napari_viewer, self.native)
         self.native_parent_changed.connect(lambda parent: parent is None and self._kill())  # the dock was closed
         self._on_start_changed(self.start_combo.value)  # issue 13 bug 6: the default model fine-tunes at 1e-4
-        self.set_output_folder(default_output_folder(), auto=True)
+        self.set_output_folder(core.default_output_folder(), auto=True)
 
     def _say(self, text: str, error: bool = False) -> None:
         self.status_label.value = status_html(text, error)
 
-    # ------------------------------------------------------------------------------- data roots
-
-    def _root_choices(self, _widget=None) -> list[tuple[str, str]]:
-        return [(label, key) for key, label in self._roots.items()]
-
     def data_roots(self) -> list[str]:
         """The folders in the data list."""
-        return list(self._roots)
+        return self.roots.paths()
 
     def add_data_root(self, path: str | os.PathLike) -> bool:
         """Add a dataset root (or a single patient folder); False with a message when it holds no patients."""
-        folder = Path(path).expanduser()
-        key = os.fspath(folder.resolve()) if folder.exists() else os.fspath(folder)
-        if key in self._roots:
-            return True
-        label = describe_data_root(folder)
-        if label is None:
-            self._say(f"{folder}: no patient folders (<PATIENT>/<PATIENT>_<k>.tif) found; not added.", error=True)
-            return False
-        self._roots[key] = label
+        problem = self.roots.add(path)
+        if problem:
+            self._say(problem, error=True)
         self.data_list.reset_choices()
         self._update_buttons()
-        return True
+        return problem is None
 
     def remove_selected_root(self) -> None:
-        for key in self.data_list.value:
-            self._roots.pop(key, None)
+        self.roots.remove(self.data_list.value)
         self.data_list.reset_choices()
         self._update_buttons()
 
@@ -198,25 +157,14 @@ class TrainWidget(Container):
         if folder:
             self.add_data_root(folder)
 
-    # ------------------------------------------------------------------------------ start model
-
     def _start_choices(self, _widget=None) -> list[tuple[str, tuple[str, str | None]]]:
-        """"Start from": the default model, the Segment dock's current one, trained and chosen files, scratch."""
         from ..model import default_model_path
 
-        default, current = default_model_path(), current_model_path()
-        entries = [("Default model", DEFAULT, default)] if default is not None else []
-        entries += [(f"Current model ({Path(current).name})", CURRENT, current)] if current else []
-        entries += [(label, FILE, path) for label, path in registered_models()]
-        entries += [(Path(path).name, FILE, path) for path in self._checkpoint_files]
-        unique: dict[str, tuple] = {}
-        for label, kind, path in entries:
-            unique.setdefault(os.fspath(path), (label, (kind, os.fspath(path))))
-        return [*unique.values(), ("Scratch (random weights)", (SCRATCH, None))]
+        return self.starts.choices(default_model_path(), current_model_path(), registered_models())
 
     def _on_start_changed(self, value) -> None:
-        kind, path = value or (SCRATCH, None)
-        self.lr_spin.value = 1e-3 if kind == SCRATCH else 1e-4
+        kind, path = value or (core.SCRATCH, None)
+        self.lr_spin.value = core.start_lr(kind)
         self.start_combo.tooltip = path or "Train a new U-Net from random weights"
 
     def _browse_start(self) -> None:
@@ -227,26 +175,17 @@ class TrainWidget(Container):
 
     def set_start(self, choice: str | os.PathLike) -> None:
         """Start from ``"scratch"``, ``"default"``, ``"current"`` or a checkpoint path."""
-        choice = os.fspath(choice)
-        if choice not in (SCRATCH, DEFAULT, CURRENT):
-            choice = os.fspath(Path(choice).expanduser().resolve())
-            if choice not in self._checkpoint_files:
-                self._checkpoint_files.append(choice)
+        choice = self.starts.remember(choice)
         self.start_combo.reset_choices()
-        match = next((data for data in self.start_combo.choices if choice in data), None)
-        if match is None:
-            raise ValueError(f"start choice {choice!r} is not available")
-        self.start_combo.value = match
+        self.start_combo.value = match = self.starts.find(self.start_combo.choices, choice)
         self._on_start_changed(match)
 
     def start_weights(self) -> str | None:
         """The checkpoint to fine-tune, or None for random weights."""
-        return (self.start_combo.value or (SCRATCH, None))[1]
-
-    # --------------------------------------------------------------------------- output folder
+        return (self.start_combo.value or (core.SCRATCH, None))[1]
 
     def output_folder(self) -> Path:
-        return Path(self.out_edit.line_edit.value.strip() or default_output_folder()).expanduser()
+        return Path(self.out_edit.line_edit.value.strip() or core.default_output_folder()).expanduser()
 
     def set_output_folder(self, path: str | os.PathLike, auto: bool = False) -> None:
         """Choose the run folder (new runs are written there; Resume continues the run found there)."""
@@ -261,85 +200,49 @@ class TrainWidget(Container):
     def _inspect_output(self) -> None:
         """When the output folder holds a run, show how far it got and set Epochs to its total."""
         self._update_buttons()
-        out = self.output_folder()
-        progress = run_progress(out)
-        if self.running or progress is None:
-            return
-        done, planned = progress
-        self.epochs_spin.value = min(max(planned, 1), self.epochs_spin.max)
-        more = "Resume continues it" if done < planned else "Raise Epochs and Resume to train it further"
-        self._say(f"{out} holds a run: {done} of {planned} epochs done. {more}.")
+        found = None if self.running else core.describe_run(self.output_folder())
+        if found is not None:
+            self.epochs_spin.value = min(max(found[0], 1), self.epochs_spin.max)
+            self._say(found[1])
 
     def make_config(self, fit: bool = True):
-        """The ``TrainConfig`` of a new run from the controls; ``fit`` reads the start checkpoint for its
-        training size (``start`` leaves that to the training process)."""
-        from ..config import TrainConfig
-
-        config = TrainConfig(
-            name=self.output_folder().name, loss=self.loss_combo.value, pos_weight=float(self.pos_weight_spin.value),
-            lr=float(self.lr_spin.value), batch_size=int(self.batch_spin.value), epochs=int(self.epochs_spin.value),
-            steps_per_epoch=int(self.steps_spin.value) or None, scheduler="plateau",
-            val_fraction=float(self.val_spin.value), test_fraction=0.0, device=self.device_combo.value or "auto",
-            init_weights=self.start_weights() or "")
-        return fit_to_start_model(config, self.crop_check.value) if fit else config
-
-    # ----------------------------------------------------------------------------------- running
+        """The ``TrainConfig`` of a new run; ``fit`` reads the start checkpoint for its training size."""
+        return core.make_config(self.settings.asdict(), self.output_folder().name, self.start_weights(),
+                                crops=self.crop_check.value if fit else None)
 
     @property
     def running(self) -> bool:
         return self._process is not None
 
     def _update_buttons(self, *_args) -> None:
-        running, has_data = self.running, bool(self._roots)
+        running, has_data = self.running, bool(self.data_roots())
         self.settings.enabled = not running
-        self.pos_weight_spin.enabled = self.loss_combo.value == "weighted_bce_dice"
+        self.settings.pos_weight.enabled = self.settings.loss.value == "weighted_bce_dice"
         self.start_button.enabled = not running and has_data
-        self.stop_button.enabled = running and not self._stopping
-        self.resume_button.enabled = not running and has_data and (self.output_folder() / "last.pt").is_file()
+        self.stop_button.enabled = running and not self.run.stopping
+        self.resume_button.enabled = not running and has_data and core.has_run(self.output_folder())
 
     def start(self):
         """Start a new run in the output folder; returns the report worker, or None (with a message)."""
-        if self.running:
-            return None
-        roots, out = self.data_roots(), self.output_folder()
-        if not roots:
-            return self._say("Add at least one data folder with masks first.", error=True)
-        if (out / "last.pt").is_file():
-            if not self._auto_output:
-                return self._say(f"{out} already holds a run: Resume it, or choose another output folder.", True)
-            while (out / "last.pt").is_file():
-                out = out.with_name(out.name + "-1")
-            self.set_output_folder(out, auto=True)
-        try:
-            config = self.make_config(fit=False)
-            config.validate()
-        except ValueError as err:
-            return self._say(f"Cannot start: {err}", error=True)
-        problem = check_patients(roots, config.val_fraction)
-        if problem:
-            return self._say(problem, error=True)
-        self.history = []
-        return self._launch({"config": config.to_dict(), "roots": roots, "out": os.fspath(out), "resume": False,
-                             "crops": self.crop_check.value})
+        return self._launch(lambda out: core.new_run_job(self.data_roots(), out, self.settings.asdict(),
+                                                         self.start_weights(), rename=self._auto_output))
 
     def resume(self):
         """Continue the run in the output folder (up to the epochs set here); returns the worker or None."""
+        return self._launch(lambda out: core.resume_job(self.data_roots(), out, self.epochs_spin.value))
+
+    def _launch(self, make_job):
         if self.running:
             return None
-        out = self.output_folder()
-        if not (out / "last.pt").is_file():
-            return self._say(f"{out} holds no run to resume (no last.pt).", error=True)
-        if not self._roots:
-            return self._say("Add the run's data folders first.", error=True)
-        self.history = read_history(out)
-        return self._launch({"roots": self.data_roots(), "out": os.fspath(out), "resume": True,
-                             "epochs": int(self.epochs_spin.value)})
-
-    def _launch(self, job: dict):
-        self._stopping, self.best_path, self.last_report, self.reports_seen = False, None, None, 0
-        self._process = process = TrainProcess(job)
-        self.native.destroyed.connect(process.kill)
-        worker = _read_reports(process)
+        try:
+            job = make_job(self.output_folder())
+        except core.RunRefused as err:
+            return self._say(str(err), error=True)
+        if job["out"] != os.fspath(self.output_folder()):  # the default folder held a run: a new one beside it
+            self.set_output_folder(job["out"], auto=True)
+        self.run = core.RunMonitor(history=core.read_history(job["out"]) if job["resume"] else [])
+        self._process = core.TrainProcess(job)
+        worker = _read_reports(self._process)
         worker.yielded.connect(self._on_report)
         worker.finished.connect(self._on_finished)
         self.progress.max = 0  # busy until the data is loaded
@@ -351,8 +254,8 @@ class TrainWidget(Container):
 
     def stop(self) -> None:
         """Stop after the current batch (the finished epochs' best.pt is kept)."""
-        if self._process is not None and not self._stopping:
-            self._stopping = True
+        if self._process is not None and not self.run.stopping:
+            self.run.stopping = True
             self._process.stop()
             self._say("Stopping after the current batch…")
             self._update_buttons()
@@ -368,54 +271,27 @@ class TrainWidget(Container):
     def _on_report(self, report: dict) -> None:
         if self._closed:
             return
-        self.reports_seen += 1
-        self.last_report = report
+        status = self.run.handle(report)
+        self.progress.max, self.progress.value = self.run.total_steps, self.run.step
+        if status is not None:
+            self._say(*status)
         kind = report.get("kind")
-        if kind == "start":
-            self.progress.max = total = max(int(report["total_steps"]), 1)
-            self.progress.value = min(int(report["start_epoch"]) * int(report["steps_per_epoch"]), total)
-        elif kind == "step":
-            self.progress.value = min(int(report["step"]), self.progress.max)
-        elif kind == "epoch":
-            self.history.append({k: v for k, v in report.items() if k != "kind"})
+        if kind == "epoch":
             self._draw_plot()
-        text = report_text(report)
-        if text is not None and not (kind == "step" and self._stopping):
-            self._say(text)
-        if kind == "done":
-            self._on_done(report)
+        elif kind == "done" and self.run.best_path:
+            register_model(self.run.best_path, self.run.best_model_label())
         elif kind == "error":
-            self._say(f"Training failed: {report['error']}", error=True)
-            notify(f"Training failed: {report['error']}", "error")
-
-    def _on_done(self, report: dict) -> None:
-        best, out = Path(report["best_path"]), Path(report["out_dir"])
-        if best.is_file():
-            self.best_path = os.fspath(best)
-            epoch = len(read_history(out)) or len(self.history)
-            register_model(self.best_path, f"Trained: {out.name} (best of {epoch} epoch{'s' if epoch != 1 else ''})")
-            self._say(f"{'Stopped' if report['stopped'] else 'Finished'}. Best model: {best}. It is offered in the "
-                      "Segment dock's model list.")
-        elif report["stopped"]:
-            self._say("Stopped during the first epoch: no model was saved (an unfinished epoch is discarded).")
-        else:
-            self._say(f"Finished, but no best.pt was written in {out}.", error=True)
+            notify(status[0], "error")
 
     def _on_finished(self) -> None:
-        """A finished run fills the bar; a stopped or failed one empties it (never left at 66 %)."""
         self._process = None
-        if self._closed:
-            return
-        report = self.last_report or {}
-        self.progress.max = max(self.progress.max, 1)
-        finished = report.get("kind") == "done" and not report.get("stopped")
-        self.progress.value = self.progress.max if finished else self.progress.min
-        self._update_buttons()
-
-    # ------------------------------------------------------------------------------------- plot
+        if not self._closed:
+            self.run.finish()
+            self.progress.max, self.progress.value = self.run.total_steps, self.run.step
+            self._update_buttons()
 
     def _draw_plot(self) -> None:
-        """Render the loss and validation curves of ``self.history`` in a worker thread, then show them."""
+        """Render the loss and validation curves of the history in a worker thread, then show them."""
         if not self.history:
             self.plot_label.value = PLOT_PLACEHOLDER
             return
@@ -424,8 +300,8 @@ class TrainWidget(Container):
             return
         ratio = self.native.devicePixelRatioF()
         width = max(self.plot_label.native.width(), 120)  # the label's width: the image never widens the dock
-        self._plot_worker = create_worker(_render_curves, [dict(h) for h in self.history], int(width * ratio),
-                                          int(PLOT_HEIGHT * ratio), 100.0 * ratio, _start_thread=False)
+        self._plot_worker = _render_curves([dict(h) for h in self.history], int(width * ratio),
+                                           int(PLOT_HEIGHT * ratio), 100.0 * ratio)
         self._plot_worker.returned.connect(self._show_plot)
         self._plot_worker.finished.connect(self._on_plot_finished)
         self._plot_worker.start()
