@@ -67,7 +67,7 @@ test: setup system-deps
 	fi
 
 screenshot: setup system-deps
-	xvfb-run -a -s "-screen 0 1400x900x24" env -u QT_QPA_PLATFORM $(BIN)/python docs/make_screenshot.py --out docs/screenshot.png
+	xvfb-run -a -s "-screen 0 1400x1000x24" env -u QT_QPA_PLATFORM $(BIN)/python docs/make_screenshot.py --out docs/screenshot.png
 
 lint: setup
 	$(BIN)/ruff check src tests training benchmarks
