@@ -75,12 +75,11 @@ class PatientBrowser(Container):
         self.status_label = wrapped_label(Label(), rich=True)
         rows = [Container(widgets=[self.root_edit]),
                 Container(widgets=[self.prev_button, self.next_button], layout="horizontal", labels=False),
-                Container(widgets=[self.export_root, self.auto_segment,
-                                   Container(widgets=[self.accept_button, self.next_todo_button], layout="horizontal",
-                                             labels=False), self.shortcuts_label])]
+                Container(widgets=[self.export_root, self.auto_segment]),
+                Container(widgets=[self.accept_button, self.next_todo_button], layout="horizontal", labels=False)]
         for row in rows:
             row.margins = (0, 0, 0, 0)
-        super().__init__(widgets=[*rows, self.status_label], labels=False)
+        super().__init__(widgets=[*rows, self.shortcuts_label, self.status_label], labels=False)
         self.native.layout().insertWidget(2, self.list, 1)
 
         self.session = session = DatasetSession(
