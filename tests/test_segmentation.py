@@ -275,3 +275,184 @@ def test_recovery_is_offered_once_and_restored(viewer):
     wrong = recovery.Recovery(mask=np.zeros((2, 8, 8), np.uint8), ai_mask=None, path=rec.path)
     with pytest.raises(ValueError, match="not restored"):
         core.restore_autosave(viewer, patient, wrong, last)
+
+
+class Turns:
+    """A ``later`` for ``SegmentSession``: keeps the callbacks, runs them on ``run()`` (one turn each)."""
+
+    def __init__(self) -> None:
+        self.queued: list[tuple] = []
+
+    def __call__(self, callback, delay_ms: int) -> None:
+        self.queued.append((callback, delay_ms))
+
+    def run(self) -> int:
+        """Run every queued callback, including those queued meanwhile; returns how many ran."""
+        ran = 0
+        while self.queued:
+            callback, _ = self.queued.pop(0)
+            callback()
+            ran += 1
+        return ran
+
+
+def make_session(viewer, answer: bool = True):
+    asked, restored, turns = [], [], Turns()
+
+    def ask(title, text):
+        asked.append(title)
+        return answer
+
+    session = core.SegmentSession(viewer, ask, turns, lambda patient, rec: restored.append((patient, rec)) or "layer")
+    return session, turns, asked, restored
+
+
+def test_session_selects_models_and_drops_a_broken_file(viewer, tmp_path):
+    session, *_ = make_session(viewer)
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(b"not a checkpoint")
+    key = session.add_checkpoint_file(broken)
+    assert key == str(broken.resolve()) and ("broken.pt", key) in session.model_choices("/m/default.pt")
+    text, is_error = session.select_model(key, has_choices=True)
+    assert is_error and text.startswith("Could not load the model") and session.loaded is None
+    assert session.checkpoint_files == {}  # a file that does not load leaves the list
+    path = str(make_tiny_checkpoint(tmp_path / "tiny.pt"))
+    session.add_checkpoint_file(path, "Tiny")
+    assert session.model_choices("/m/default.pt") == [("Default model", "/m/default.pt"), ("Tiny", path)]
+    assert session.select_model(path, True) == ("Loaded tiny.pt (no model card defaults; using the settings below)",
+                                                False)
+    assert session.loaded.path == path and core.current_model_path() == path
+    assert session.select_model(path, True) is None  # already the current one
+    assert session.select_model(None, False) == (core.NO_MODEL_TEXT, False) and session.loaded is None
+
+
+def test_session_reads_layer_events(viewer):
+    session, turns, asked, restored = make_session(viewer)
+    patient = add_patient(viewer)
+    flair = patient.reference
+    watch, opened = session.layer_event(SimpleNamespace(type="inserted", value=flair))
+    assert watch is None and opened.patient_id == PID
+    assert [delay for _, delay in turns.queued] == [0]  # an LGG patient's recovery check
+    assert turns.run() == 1 and asked == [] and restored == []  # nothing autosaved
+    watch, opened = session.layer_event(SimpleNamespace(type="renamed", index=viewer.layers.index(flair)))
+    assert opened.patient_id == PID and len(turns.queued) == 1  # nothing was offered yet: checked again
+    result = add_result(viewer, np.zeros((4, 32, 32), np.uint8))
+    assert session.layer_event(SimpleNamespace(type="inserted", value=result)) == (result, None)
+    assert session.layer_event(SimpleNamespace(type="renamed", index=99)) == (None, None)
+    session.last_autosave[id(result)] = "digest"
+    assert session.layer_event(SimpleNamespace(type="removed", value=result)) == (None, None)
+    assert session.last_autosave == {}
+
+
+def test_session_offers_a_recovery_once(viewer):
+    session, turns, asked, restored = make_session(viewer)
+    patient = add_patient(viewer)
+    mask = np.zeros((4, 32, 32), np.uint8)
+    mask[1, 2:4, 2:4] = 1
+    recovery.save_recovery(PID, mask)
+    session.queue_recovery_check(PID)
+    turns.run()
+    assert asked == ["Restore autosaved corrections?"] and restored[0][0].patient_id == patient.patient_id
+    np.testing.assert_array_equal(restored[0][1].mask, mask)
+    session.queue_recovery_check(PID)
+    assert turns.queued == [] and session.check_recovery(PID) is None and len(asked) == 1
+    declining, turns, asked, restored = make_session(viewer, answer=False)
+    assert declining.check_recovery(PID) is None and asked and restored == []
+    assert declining.check_recovery("NOT_OPEN_1") is None
+
+
+def test_session_hints_and_patient_changes(viewer):
+    session, turns, *_ = make_session(viewer)
+    assert session.hint("", has_choices=False, patient=None) == core.NO_MODEL_TEXT
+    assert session.hint(core.NO_MODEL_TEXT, True, None) == core.OPEN_PATIENT_TEXT
+    patient = add_patient(viewer)
+    assert session.hint(core.OPEN_PATIENT_TEXT, True, patient) == ""
+    assert session.hint("Segmenting…", True, patient) is None and session.hint(None, True, patient) is None
+    session.compare_text = "Dice"
+    assert session.patient_changed(patient) and session.patient_id == PID and session.compare_text == ""
+    session.compare_text = "Dice"
+    assert not session.patient_changed(patient) and session.compare_text == "Dice"
+    assert session.patient_changed(None) and session.patient_id is None
+
+
+def test_session_queues_spare_layers_one_turn_apart(viewer):
+    session, turns, *_ = make_session(viewer)
+    patient = add_patient(viewer)
+    session.patient_changed(patient)
+    session.queue_spare_layer()
+    assert len(turns.queued) == 1  # queued once
+    turns.run()
+    assert not any(la.metadata.get("lgg_role") == "spare" for la in viewer.layers)  # no model: nothing needed
+    session.loaded = object()
+    session.adding_result = True
+    session.queue_spare_layer()
+    turns.run()
+    assert not any(la.metadata.get("lgg_role") == "spare" for la in viewer.layers)  # busy adding a result
+    session.adding_result = False
+    session.queue_spare_layer()
+    assert turns.run() == 3  # the image spare, the labels spare, then its give-back a turn later
+    spares = [la for la in viewer.layers if la.metadata.get("lgg_role") == "spare"]
+    assert len(spares) == 2 and all(delay == session.step_delay_ms for _, delay in turns.queued)
+
+
+def test_session_recompute_source_asks_before_discarding(viewer):
+    session, _, asked, _ = make_session(viewer, answer=False)
+    patient = add_patient(viewer)
+    assert session.recompute_source(None) == (None, False)
+    mask = np.zeros((4, 32, 32), np.uint8)
+    labels = run_placement(viewer, patient, mask)
+    prob_layer = viewer.layers[f"{PID} tumour probability"]
+    assert session.recompute_source(labels) == (prob_layer, False) and asked == []  # nothing corrected
+    labels.data[0, :2, :2] = 1
+    assert session.recompute_source(labels) == (None, True) and asked == ["Discard your corrections?"]
+    end = session.track_job("worker", labels)
+    assert session.postprocessing and session.recompute_source(labels) == (prob_layer, False)  # asked already
+    end()
+    assert not session.postprocessing
+    new = np.ones_like(mask)
+    assert not session.set_mask(labels, prob_layer, settings(threshold=0.3), settings(threshold=0.4), new)
+    assert session.set_mask(labels, prob_layer, settings(threshold=0.3), settings(threshold=0.3), new)
+    np.testing.assert_array_equal(labels.data, new)
+    assert labels.metadata["lgg_postprocessing"]["threshold"] == 0.3
+
+
+def test_session_new_run_and_gui_steps(viewer):
+    session, turns, asked, _ = make_session(viewer, answer=False)
+    patient = add_patient(viewer)
+    with pytest.raises(core.RunFailed, match="Choose a model first"):
+        session.new_run(None, patient, "tiny", settings(), has_choices=True)
+    session.loaded = SimpleNamespace(path="/m/tiny.pt")
+    run, images = session.new_run(None, patient, "tiny", settings(), True)
+    assert session.run is run and run.patient_id == PID and images.shape == (4, 32, 32, 3)
+    labels = add_result(viewer, np.zeros((4, 32, 32), np.uint8))
+    labels.data[0, 0, 0] = 1
+    assert session.new_run(None, patient, "tiny", settings(), True) is None and asked == ["Replace your corrections?"]
+    ran, ended = [], []
+    session.run_steps(patient, [lambda: ran.append(1), lambda: ran.append(2)], lambda *end: ended.append(end))
+    assert ran == [1] and ended == []  # the next step on a later turn
+    turns.run()
+    assert ran == [1, 2] and ended == [(PID, None)]
+    session.run_steps(patient, [viewer.layers.clear, lambda: ran.append(3)], lambda *end: ended.append(end))
+    turns.run()
+    assert ran == [1, 2] and ended[-1][0] == PID and "closed while the result was being added" in ended[-1][1]
+
+
+def test_session_places_a_result_in_steps_and_finds_open_results(viewer):
+    session, turns, *_ = make_session(viewer)
+    patient = add_patient(viewer)
+    session.loaded = SimpleNamespace(path="/m/tiny.pt")
+    run, _ = session.new_run(None, patient, "tiny", settings(threshold=0.4), True)
+    mask = np.zeros((4, 32, 32), np.uint8)
+    mask[1, 3:5, 3:5] = 1
+    watched, done, ended = [], [], []
+    session.compare_text = "Dice"
+    steps = session.placement_steps(run, mask * 0.9, mask, run.settings, watched.append, done.append)
+    assert session.adding_result and len(steps) == 4
+    session.run_steps(patient, steps, lambda *end: ended.append(end))
+    turns.run()
+    labels = viewer.layers[f"{PID} tumour"]
+    assert watched == [labels] and done == [labels] and ended == [(PID, None)]
+    assert labels.mode == "paint" and session.compare_text == ""
+    np.testing.assert_array_equal(labels.data, mask)
+    fresh, turns, *_ = make_session(viewer)
+    assert fresh.open_results() == [labels] and [delay for _, delay in turns.queued] == [0]  # a recovery check

@@ -248,7 +248,7 @@ def test_the_prefetch_and_export_threads_run_below_the_window(setup, tmp_path):
     import sys
     import threading
 
-    from napari_lgg_seg.widgets._common import WORKER_NICENESS
+    from napari_lgg_seg.layers import WORKER_NICENESS
     from napari_lgg_seg.widgets.browser import _write_export
 
     if sys.platform != "linux":

@@ -680,7 +680,7 @@ def test_the_network_and_the_post_processing_run_below_the_window(widget, qtbot,
     import threading
 
     import napari_lgg_seg.inference as inference
-    from napari_lgg_seg.widgets._common import WORKER_NICENESS
+    from napari_lgg_seg.layers import WORKER_NICENESS
 
     if sys.platform != "linux":
         pytest.skip("per-thread priorities are a Linux feature")

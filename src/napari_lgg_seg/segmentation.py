@@ -1,6 +1,6 @@
 """The Segment dock's logic without Qt: the models offered to the docks (a run-time registry), model choices and
-loading, post-processing settings, placing a result, spare result layers, autosave and recovery, and the dock's
-messages (napari's layer model only; torch lazily)."""
+loading, post-processing settings, placing a result, spare result layers, autosave and recovery, the dock's
+messages, and its state and decisions (``SegmentSession``); napari's layer model only, torch lazily."""
 
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ from .layers import (
     place_probability_layer,
     place_tumour_layer,
     prediction_layers,
+    probability_layer_for,
     take_spare_layer,
     tumour_layer,
     volume_readout,
@@ -412,3 +413,227 @@ def restore_autosave(viewer, patient: PatientLayers, rec: recovery.Recovery, las
     last_saved[id(layer)] = mask_digest(np.asarray(layer.data))
     select_for_the_brush(viewer, layer, paint=True)
     return layer
+
+
+# ------------------------------------------------------------------------------- the dock's state
+
+
+class SegmentSession:
+    """The Segment dock's state and decisions without Qt: the model chosen and loaded, the run and re-thresholds in
+    flight, spare layers and recovery checks to queue, what layer events mean, and the status hints. The dock keeps
+    the widgets, workers and timers; ``ask(title, text) -> bool`` asks a yes/no question and
+    ``later(callback, delay_ms)`` runs a callback on a later event-loop turn; ``restore(patient, recovery)`` adds
+    autosaved corrections the user wants back."""
+
+    def __init__(self, viewer, ask: Callable[[str, str], bool], later: Callable[[Callable[[], None], int], None],
+                 restore: Callable[[PatientLayers, recovery.Recovery], object], step_delay_ms: int = 1) -> None:
+        self.viewer, self.ask, self.later, self.restore, self.step_delay_ms = viewer, ask, later, restore, step_delay_ms
+        self.loaded = None  # model.LoadedModel of the model chosen
+        self.models: dict[str, object] = {}  # path -> LoadedModel
+        self.checkpoint_files: dict[str, str] = {}  # path -> label, chosen with the file picker
+        self.patient_id: str | None = None  # the patient the status line names
+        self.compare_text = ""
+        self.recovery_offered: set[str] = set()
+        self.last_autosave: dict[int, str] = {}
+        self.run: SegmentRun | None = None
+        self.adding_result = self.spares_queued = False
+        self.postprocessing_jobs: list[tuple] = []  # (worker, labels layer) of re-thresholds in flight
+
+    def open_results(self) -> list:
+        """The result layers open before the dock (to watch for edits); queues the open LGG patients' recovery
+        checks."""
+        for pid, patient in find_patients(self.viewer).items():
+            if patient.is_lgg:
+                self.queue_recovery_check(pid)
+        return prediction_layers(self.viewer)
+
+    # -- models
+
+    def model_choices(self, default: str | os.PathLike | None = None) -> list[tuple[str, str]]:
+        """``(label, path)`` of the model list (``default``: the installed model's path, looked up when None)."""
+        if default is None:
+            from .model import default_model_path
+
+            default = default_model_path()
+        return model_choices(default, registered_models(), self.checkpoint_files)
+
+    def add_checkpoint_file(self, path: str | os.PathLike, label: str | None = None) -> str:
+        """Offer a checkpoint file in the model list; returns its key (the resolved path)."""
+        key = os.fspath(Path(path).expanduser().resolve())
+        self.checkpoint_files[key] = label or Path(key).name
+        return key
+
+    def select_model(self, path: str | None, has_choices: bool) -> tuple[str, bool] | None:
+        """Load the model at ``path`` (cached) as the current one; returns the model line's ``(text, is_error)``,
+        None when it already is the current one. A file that fails to load leaves the list."""
+        if self.loaded is not None and self.loaded.path == path:
+            return None
+        self.loaded, error = load_cached(path, self.models) if path is not None else (None, None)
+        if error:
+            self.checkpoint_files.pop(path, None)
+        if self.loaded is not None:
+            set_current_model_path(self.loaded.path)
+        return model_text(self.loaded, error, has_choices), bool(error)
+
+    # -- patients, layer events, status
+
+    def patient_changed(self, patient: PatientLayers | None) -> bool:
+        """Note the patient on screen (queues its spare layers); True when it is another than before."""
+        pid = patient.patient_id if patient is not None else None
+        changed, self.patient_id = pid != self.patient_id, pid
+        if changed:
+            self.compare_text = ""
+        if patient is not None:
+            self.queue_spare_layer()
+        return changed
+
+    def layer_event(self, event) -> tuple[object | None, PatientLayers | None]:
+        """What an ``inserted`` / ``renamed`` / ``removed`` event of the layer list means: ``(labels layer to
+        watch for edits, newly opened patient to select)``, either None. The patient browser refills the open
+        patient's layers with the next patient and renames them last: a renamed layer is a newly opened patient as
+        much as an inserted one. An LGG patient's recovery check is queued."""
+        if event.type == "removed":
+            self.last_autosave.pop(id(event.value), None)
+            return None, None
+        if event.type == "renamed":
+            try:
+                layer = self.viewer.layers[event.index]
+            except (IndexError, TypeError):
+                return None, None
+        else:
+            layer = event.value
+        role = (layer.metadata or {}).get("lgg_role")
+        if role == ROLE_PREDICTION and hasattr(layer.events, "paint"):  # also the reader's (a `segment` output)
+            return layer, None
+        patient = None if role == ROLE_PROBABILITY else patient_showing(self.viewer, layer, by_metadata=False)
+        if patient is not None and patient.is_lgg:
+            self.queue_recovery_check(patient.patient_id)
+        return None, patient
+
+    def hint(self, status: str, has_choices: bool, patient: PatientLayers | None) -> str | None:
+        """The hint the status line should show now when it only shows a hint (``status``), else None."""
+        if status not in ("", NO_MODEL_TEXT, OPEN_PATIENT_TEXT):
+            return None
+        return NO_MODEL_TEXT if not has_choices else OPEN_PATIENT_TEXT if patient is None else ""
+
+    # -- spare layers
+
+    def queue_spare_layer(self) -> None:
+        """Add the spare layers the patient on screen will need (a model is loaded), one per later turn."""
+        if not self.spares_queued:
+            self.spares_queued = True
+            self.later(self._add_spare_layer, self.step_delay_ms)
+
+    def _add_spare_layer(self) -> None:
+        self.spares_queued = False
+        patient = find_patients(self.viewer).get(self.patient_id)
+        if patient is None or self.adding_result or self.loaded is None:
+            return
+        added = add_spare_for(self.viewer, patient)
+        if added is not None:
+            kind, give_back, more = added
+
+            def then() -> None:
+                give_back()
+                if more:
+                    self.queue_spare_layer()
+
+            if kind == "labels":  # napari shows (and styles) the Labels controls once now, not at the first result
+                self.later(then, self.step_delay_ms)
+            else:
+                then()
+
+    # -- post-processing
+
+    @property
+    def postprocessing(self) -> bool:
+        """True while a re-threshold runs in a worker."""
+        return bool(self.postprocessing_jobs)
+
+    def recompute_source(self, layer) -> tuple[object | None, bool]:
+        """``(probabilities layer, declined)``: the layer to recompute ``layer``'s mask from (None: nothing to
+        recompute), asking first when that discards corrections; ``declined`` when the user kept them."""
+        prob_layer = probability_layer_for(self.viewer, layer) if layer is not None else None
+        if prob_layer is None:
+            return None, False
+        question = None if any(job_layer is layer for _, job_layer in self.postprocessing_jobs) else (
+            discard_question(layer))
+        if question is not None and not self.ask(*question):
+            return None, True
+        return prob_layer, False
+
+    def track_job(self, worker, layer) -> Callable[[], None]:
+        """Count a re-threshold ``worker`` of ``layer`` in flight; returns the function that ends it."""
+        job = (worker, layer)
+        self.postprocessing_jobs.append(job)
+        return lambda: self.postprocessing_jobs.remove(job)
+
+    def set_mask(self, layer, prob_layer, settings, current_settings, mask: np.ndarray) -> bool:
+        """Apply a re-thresholded mask unless the controls moved on (a later run applies) or the result changed."""
+        if settings != current_settings or probability_layer_for(self.viewer, layer) is not prob_layer:
+            return False
+        set_result_mask(layer, mask, settings)
+        return True
+
+    # -- runs
+
+    def new_run(self, requested: str | None, patient: PatientLayers | None, model_label: str, settings,
+                has_choices: bool) -> tuple[SegmentRun, np.ndarray] | None:
+        """A run of ``patient`` with the current model and its images; None when the user keeps unexported
+        corrections, ``RunFailed`` when it cannot start."""
+        reason = refusal(requested, patient, self.loaded, has_choices)
+        if reason is not None:
+            raise RunFailed(*reason)
+        question = replace_question(self.viewer, patient.patient_id)
+        if question is not None and not self.ask(*question):
+            return None
+        try:
+            images = patient.volume()
+        except ValueError as err:
+            raise RunFailed(f"Cannot segment: {err}", True) from None
+        self.run = SegmentRun(patient, self.loaded, model_label, settings)
+        return self.run, images
+
+    def placement_steps(self, run: SegmentRun, probs: np.ndarray, mask: np.ndarray, settings,
+                        watch: Callable[[object], None], done: Callable[[object], None]) -> list[Callable[[], object]]:
+        """The steps that put ``run``'s result in the viewer (``ResultPlacement``), for ``run_steps``: ``watch``
+        gets the labels layer when it shows the mask, ``done`` when it is in paint mode, ready for the brush."""
+        placed = ResultPlacement(self.viewer, run.patient, probs, mask, run.model.path, run.model_label, settings)
+
+        def ready_for_the_brush() -> None:
+            placed.labels.mode = "paint"
+            self.compare_text = ""
+            done(placed.labels)
+
+        self.adding_result = True
+        return [placed.place_probabilities, lambda: watch(placed.place_labels()), placed.select_labels,
+                ready_for_the_brush]
+
+    def run_steps(self, patient: PatientLayers, steps: list[Callable[[], object]],
+                  end: Callable[[str, str | None], None]) -> None:
+        """Run GUI-thread steps one later turn apart, so that the window repaints and reacts between them (adding
+        each layer costs napari 0.1-0.3 s), then ``end(patient_id, None)``; ``end(patient_id, why)`` without the
+        remaining steps if the patient's layers are closed meanwhile."""
+        if steps and not patient.alive(self.viewer):
+            return end(patient.patient_id, f"The layers of {patient.patient_id} were closed while the result was being added; it was "
+                       "discarded.")
+        if not steps:
+            return end(patient.patient_id, None)
+        steps[0]()
+        self.later(lambda: self.run_steps(patient, steps[1:], end), self.step_delay_ms)
+
+    # -- recovery
+
+    def queue_recovery_check(self, patient_id: str) -> None:
+        """Check for the patient's autosaved corrections on a later turn (once per session)."""
+        if patient_id not in self.recovery_offered:
+            self.later(lambda: self.check_recovery(patient_id), 0)
+
+    def check_recovery(self, patient_id: str):
+        """Offer to restore the patient's autosaved corrections (once per session); returns what ``restore``
+        returned, or None."""
+        patient = find_patients(self.viewer).get(patient_id)
+        rec = None if patient is None else pending_recovery(self.viewer, patient_id, self.recovery_offered)
+        if rec is None or not self.ask(*recovery_question(patient_id, rec)):
+            return None
+        return self.restore(patient, rec)

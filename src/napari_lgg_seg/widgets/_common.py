@@ -1,91 +1,26 @@
-"""What the docks share: the window's responsiveness (worker priority, short GC
-pauses, a layer list wide enough for patient names) and their status lines and questions.
-
-The layers themselves (patients, results, edit tracking) are handled Qt-free in ``napari_lgg_seg.layers``. Nothing
-here imports torch.
+"""What the docks share in Qt: short GC pauses while a dock is open, a layer list wide enough for patient names,
+their status lines and questions. The Qt-free side (patients, results, worker priority, the GC freeze itself) is in
+``napari_lgg_seg.layers``. Nothing here imports torch.
 """
 
 from __future__ import annotations
 
-import gc
 import html
-import os
-import sys
-import threading
 import weakref
 from collections.abc import Callable
 from types import SimpleNamespace
 
+from .. import layers
 from ..layers import unproxied
 
 # ------------------------------------------------------------------------------ responsiveness
 
 
-WORKER_NICENESS = 10  # a worker thread's CPU priority below the GUI thread's (Linux)
-
-
-def run_below_the_window() -> None:
-    """Lower the calling worker thread's CPU priority (Linux: nice is per thread; the torch threads it starts
-    inherit it). On 2 cores the network's threads otherwise take the CPU from the GUI thread, which then needs two
-    to three times longer for the same layout and paint work. Once per thread: an unprivileged process cannot raise
-    it again, so the pool thread stays below the window, which only ever favours the window."""
-    if sys.platform != "linux":
-        return
-    tid = threading.get_native_id()
-    try:
-        if os.getpriority(os.PRIO_PROCESS, tid) < WORKER_NICENESS:
-            os.setpriority(os.PRIO_PROCESS, tid, WORKER_NICENESS)
-    except OSError:
-        pass
-
-
-_FREEZE_AFTER_FULL_GC: dict = {"callback": None, "docks": 0}
-_gc_watched: weakref.WeakSet = weakref.WeakSet()  # viewers whose layer removals unfreeze
-
-
 def keep_gc_pauses_short(viewer, dock) -> None:
-    """Freeze the survivors of each full garbage collection while ``dock`` is open (``gc.freeze``).
-
-    A full collection walks every tracked object: with napari, Qt and torch loaded that is ~400,000 objects, 180-300
-    ms of frozen window on a 2-core EPYC, several times a minute while the plugin works (the GC runs in whichever
-    thread allocates, and holds the GIL). Moving the survivors of each full collection to the permanent generation
-    makes the next one walk only what was made since (20-30 ms). What exists when the first dock opens (napari, Qt,
-    torch) is frozen at once, or the first full collection (often during the first result) would walk it all.
-    Objects of a removed layer may have been frozen: each removal unfreezes everything on the next event-loop turn
-    (after napari's own collection, made cheap), so Python's next full collection frees them, then freezes the rest
-    again. Closing the last dock unfreezes everything and stops. Off with ``LGG_SEG_GC_FREEZE=0``, and on Windows
-    (napari's collection at layer removal guards a driver crash there)."""
-    if sys.platform == "win32" or os.environ.get("LGG_SEG_GC_FREEZE", "1") == "0":
-        return
-    state = _FREEZE_AFTER_FULL_GC
-    if state["callback"] is None:
-        def freeze_survivors(phase: str, info: dict) -> None:
-            if phase == "stop" and info.get("generation") == 2 and gc.isenabled():
-                gc.freeze()
-
-        state["callback"] = freeze_survivors
-        gc.callbacks.append(freeze_survivors)
-        gc.freeze()  # what exists now (napari, Qt, torch) is long-lived: the next full collection skips it too
-    state["docks"] += 1
-    viewer = unproxied(viewer)
-    if viewer not in _gc_watched:  # once per viewer, not once per dock (an unfreeze with nothing frozen is free)
-        _gc_watched.add(viewer)
-        viewer.layers.events.removed.connect(_unfreeze_next_turn)
-
-    def on_closed(*_args) -> None:
-        state["docks"] -= 1
-        if state["docks"] <= 0 and state["callback"] is not None:
-            gc.callbacks.remove(state["callback"])
-            state["callback"] = None
-        gc.unfreeze()
-
-    dock.destroyed.connect(on_closed)
-
-
-def _unfreeze_next_turn(_event=None) -> None:
+    """``layers.keep_gc_pauses_short`` while ``dock`` (a QWidget) is open."""
     from qtpy.QtCore import QTimer
 
-    QTimer.singleShot(0, gc.unfreeze)
+    dock.destroyed.connect(layers.keep_gc_pauses_short(viewer, QTimer.singleShot))
 
 
 def disconnector(connections: list):

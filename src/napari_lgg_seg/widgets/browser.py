@@ -15,13 +15,12 @@ from qtpy.QtCore import Qt, QTimer
 from qtpy.QtGui import QCursor
 from qtpy.QtWidgets import QApplication, QListWidget
 
-from ..layers import tumour_layer
+from ..layers import run_below_the_window, tumour_layer
 from ..workflow import DatasetSession, load_settings, save_settings, write_export_job
 from ._common import (
     fit_layer_list_to_patients,
     keep_gc_pauses_short,
     qt_ask,
-    run_below_the_window,
     status_html,
     wrapped_label,
 )

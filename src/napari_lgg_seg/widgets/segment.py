@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 from magicgui import widgets
@@ -18,7 +17,7 @@ from superqt import QCollapsible
 from .. import layers
 from .. import segmentation as core
 from ..layers import PatientLayers, find_patients
-from ..segmentation import NO_MODEL_TEXT, OPEN_PATIENT_TEXT, STOPPED_TEXT
+from ..segmentation import NO_MODEL_TEXT, STOPPED_TEXT  # noqa: F401 - NO_MODEL_TEXT: for the tests
 from . import _common as ui
 
 AUTOSAVE_INTERVAL_MS = 30_000
@@ -34,7 +33,7 @@ def _segment_job(*args):
     ``str``): superqt drops a RuntimeError raised by a generator worker (torch allocation failure, CUDA out of
     memory) without ``errored`` or ``finished``, which hung the dock."""
     try:
-        ui.run_below_the_window()
+        layers.run_below_the_window()
         for module in ("napari._vispy.layers.image", "napari._vispy.layers.labels", "scipy.ndimage"):
             __import__(module)  # otherwise the first Labels layer of a session imports these on the GUI thread
         return (yield from core.segment_volume(*args))
@@ -47,7 +46,7 @@ def _postprocess_job(probs: np.ndarray, settings) -> np.ndarray:
     """The mask of ``probs`` with ``settings`` (80-110 ms for a real patient: too long for the GUI thread)."""
     from ..inference import postprocess
 
-    ui.run_below_the_window()
+    layers.run_below_the_window()
     return postprocess(probs, settings)
 
 
@@ -85,16 +84,13 @@ class SegmentWidget(widgets.Container):
         from ..inference import available_devices
 
         self.viewer, self.batch_size, self.last_timing = napari_viewer, 8, {}  # last_timing: the worker's seconds
-        self._worker = self._job = self._loaded = self._patient_id = None
-        self._adding_result = self._setting_controls = self._spares_queued = False
-        self._models: dict[str, object] = {}  # path -> LoadedModel
-        self._checkpoint_files: dict[str, str] = {}  # path -> label, chosen with the file picker
-        self._compare_text, self._recovery_offered, self._last_autosave = "", set(), {}
-        self._postprocessing: list[tuple] = []  # (worker, labels layer) of re-thresholds in flight
+        self._worker, self._setting_controls, self._status = None, False, ""  # _status: the status line's text
+        self.session = core.SegmentSession(napari_viewer, lambda *question: self.ask(*question), _later,
+                                           self.restore_recovery, STEP_DELAY_MS)
 
         self.image_combo = widgets.create_widget(annotation=napari.layers.Image, label="Image", options={
             "tooltip": "The patient to segment: any of its image layers"})
-        self.model_combo = widgets.ComboBox(choices=self._model_choices)
+        self.model_combo = widgets.ComboBox(choices=lambda _widget: self.session.model_choices())
         self.browse_button = widgets.PushButton(text="Checkpoint…", tooltip="Load a U-Net checkpoint (.pt)")
         self.model_label = ui.wrapped_label(widgets.Label(), rich=True)
         self.threshold = widgets.FloatSlider(label="Threshold", min=core.THRESHOLD_RANGE[0], step=0.05, value=0.5,
@@ -139,8 +135,8 @@ class SegmentWidget(widgets.Container):
         self.stop_button.clicked.connect(self.stop)
         self.compare_button.clicked.connect(self.compare_with_ai)
         events = self.viewer.layers.events
-        self._connections = [(events.inserted, self._on_layer_inserted), (events.removed, self._on_layers_changed),
-                             (events.renamed, self._on_layer_renamed),
+        self._connections = [(events.inserted, self._on_layer_event), (events.removed, self._on_layer_event),
+                             (events.renamed, self._on_layer_event),
                              (self.viewer.layers.selection.events.active, self._on_labels_edited),
                              (core.MODEL_REGISTRY.changed, self._on_registry_changed)]
         for emitter, callback in self._connections:
@@ -149,11 +145,8 @@ class SegmentWidget(widgets.Container):
         self.autosave_timer = QTimer(self.native, interval=AUTOSAVE_INTERVAL_MS)
         self.autosave_timer.timeout.connect(self.autosave_now)
         self.autosave_timer.start()
-        for layer in layers.prediction_layers(self.viewer):
+        for layer in self.session.open_results():
             self._watch_labels(layer)
-        for pid, patient in find_patients(self.viewer).items():
-            if patient.is_lgg:
-                self._queue_recovery_check(pid)
         self._on_model_changed()
         ui.fit_layer_list_to_patients(self.viewer)
         ui.keep_gc_pauses_short(self.viewer, self.native)
@@ -180,76 +173,22 @@ class SegmentWidget(widgets.Container):
         if patient is not None and patient.reference in self.image_combo.choices:
             self.image_combo.value = patient.reference
 
-    def _on_layer_renamed(self, event) -> None:
-        """The patient browser refills the open patient's layers with the next patient, renaming them last: a
-        renamed layer is a newly opened patient as much as an inserted one."""
-        try:
-            layer = self.viewer.layers[event.index]
-        except (IndexError, TypeError):
-            return self._on_layers_changed()
-        self._on_layer_inserted(SimpleNamespace(value=layer))
-
-    def _on_layer_inserted(self, event) -> None:
-        layer, patient = event.value, None
-        role = (layer.metadata or {}).get("lgg_role")
-        if role == layers.ROLE_PREDICTION and hasattr(layer.events, "paint"):  # also the reader's (a `segment` output)
-            self._watch_labels(layer)
-        elif role != layers.ROLE_PROBABILITY:
-            patient = core.patient_showing(self.viewer, layer, by_metadata=False)
+    def _on_layer_event(self, event) -> None:
+        watch, patient = self.session.layer_event(event)
+        if watch is not None:
+            self._watch_labels(watch)
         if patient is not None:
             self.select_patient(patient.patient_id)  # a newly opened patient is the one to segment
-            if patient.is_lgg:
-                self._queue_recovery_check(patient.patient_id)
-        self._on_layers_changed()
-
-    def _on_layers_changed(self, event=None) -> None:
-        if event is not None and getattr(event, "type", "") == "removed":
-            self._last_autosave.pop(id(event.value), None)
         self.reset_choices()
 
     def _on_patient_changed(self, *args) -> None:
         patient = self.current_patient()
-        if patient is not None:
-            self._queue_spare_layer()
-        pid = patient.patient_id if patient is not None else None
-        if pid != self._patient_id:  # the status names the patient on screen (issue 13, bug 2)
-            self._patient_id, self._compare_text = pid, ""
-            if not self.running:
-                self._say(core.patient_status(patient, self._loaded, self.viewer))
+        if self.session.patient_changed(patient) and not self.running:  # the status names the patient on screen
+            self._say(core.patient_status(patient, self.session.loaded, self.viewer))
         self._update_buttons()
         self.update_readout()
 
-    def _queue_spare_layer(self) -> None:
-        if not self._spares_queued:
-            self._spares_queued = True
-            _later(self._add_spare_layer, STEP_DELAY_MS)
-
-    def _add_spare_layer(self) -> None:
-        """Add one parked result layer the patient on screen will need (a model is loaded) per event-loop turn."""
-        self._spares_queued = False
-        patient = self.current_patient()
-        if patient is None or self._adding_result or self._loaded is None:
-            return
-        added = core.add_spare_for(self.viewer, patient)
-        if added is not None:
-            kind, give_back, more = added
-
-            def then() -> None:
-                give_back()
-                if more:
-                    self._queue_spare_layer()
-
-            if kind == "labels":  # napari shows (and styles) the Labels controls once now, not at the first result
-                _later(then, STEP_DELAY_MS)
-            else:
-                then()
-
     # --------------------------------------------------------------------------------- models
-
-    def _model_choices(self, _widget=None) -> list[tuple[str, str]]:
-        from ..model import default_model_path
-
-        return core.model_choices(default_model_path(), core.registered_models(), self._checkpoint_files)
 
     def _on_registry_changed(self) -> None:
         try:
@@ -266,36 +205,30 @@ class SegmentWidget(widgets.Container):
 
     def add_checkpoint(self, path: str | os.PathLike, label: str | None = None) -> bool:
         """Add a checkpoint file to the model list and select it; False (and a message) if it cannot be loaded."""
-        key = os.fspath(Path(path).expanduser().resolve())
-        self._checkpoint_files[key] = label or Path(key).name
+        key = self.session.add_checkpoint_file(path, label)
         self.model_combo.reset_choices()
         if self.model_combo.value != key:
             self.model_combo.value = key
         else:
             self._on_model_changed()
-        return self._loaded is not None and self._loaded.path == key
+        return self.loaded_model is not None and self.loaded_model.path == key
 
     def _on_model_changed(self, *args) -> None:
-        path = self.model_combo.value
-        if self._loaded is not None and self._loaded.path == path:
+        line = self.session.select_model(self.model_combo.value, bool(self.model_combo.choices))
+        if line is None:  # already the current model
             return
-        self._loaded, error = core.load_cached(path, self._models) if path is not None else (None, None)
-        if error:
-            self._checkpoint_files.pop(path, None)
-        if self._loaded is not None:
-            core.set_current_model_path(self._loaded.path)
-            self.set_postprocessing_controls(self._loaded.inference_defaults)
+        if self.loaded_model is not None:
+            self.set_postprocessing_controls(self.loaded_model.inference_defaults)
             if self.current_patient() is not None:
-                self._queue_spare_layer()
-        text = core.model_text(self._loaded, error, bool(self.model_combo.choices))
-        self.model_label.value = ui.status_html(text, error=bool(error))
-        self.model_label.tooltip = self._loaded.path if self._loaded is not None else ""
+                self.session.queue_spare_layer()
+        self.model_label.value = ui.status_html(*line)
+        self.model_label.tooltip = self.loaded_model.path if self.loaded_model is not None else ""
         self._update_buttons()
 
     @property
     def loaded_model(self):
         """The selected, loaded model (``LoadedModel``) or None."""
-        return self._loaded
+        return self.session.loaded
 
     # ------------------------------------------------------------------------- post-processing
 
@@ -325,56 +258,53 @@ class SegmentWidget(widgets.Container):
         """Recompute the current result's labels from its probabilities with the controls' settings, in a worker
         (``postprocessing`` is True until the mask is in the layer), after asking before discarding corrections.
         Returns True when a recompute started."""
-        layer = self.current_prediction_layer()
-        prob_layer = layers.probability_layer_for(self.viewer, layer) if layer is not None else None
-        if self._setting_controls or prob_layer is None:
+        if self._setting_controls:
             return False
-        in_flight = any(job_layer is layer for _, job_layer in self._postprocessing)
-        question = None if in_flight else core.discard_question(layer)
-        if question is not None and not self.ask(*question):
+        layer = self.current_prediction_layer()
+        prob_layer, declined = self.session.recompute_source(layer)
+        if declined:
             self.set_postprocessing_controls(layer.metadata.get("lgg_postprocessing") or {})
             self._say("Kept your corrections; post-processing unchanged.")
+        if prob_layer is None:
             return False
         settings = self.settings()
         worker = _postprocess_job(np.asarray(prob_layer.data, dtype=np.float32), settings)
-        job = (worker, layer)
-        worker.returned.connect(lambda mask: self._set_mask(layer, prob_layer, settings, mask))
+        worker.returned.connect(lambda mask: self.session.set_mask(layer, prob_layer, settings, self.settings(), mask)
+                                and self._on_labels_edited())
         worker.errored.connect(lambda err: self._say(f"Post-processing failed: {err}", error=True))
-        worker.finished.connect(lambda: self._postprocessing.remove(job))
-        self._postprocessing.append(job)
+        worker.finished.connect(self.session.track_job(worker, layer))
         worker.start()
         return True
 
     @property
     def postprocessing(self) -> bool:
         """True while a re-threshold / post-processing of the current result runs in a worker."""
-        return bool(self._postprocessing)
-
-    def _set_mask(self, layer, prob_layer, settings, mask: np.ndarray) -> None:
-        """Apply a re-thresholded mask, unless the controls moved on (a later run applies) or the result changed."""
-        if settings == self.settings() and layers.probability_layer_for(self.viewer, layer) is prob_layer:
-            core.set_result_mask(layer, mask, settings)
-            self._on_labels_edited()
+        return self.session.postprocessing
 
     # ----------------------------------------------------------------------------- segmenting
 
     @property
     def running(self) -> bool:
         """True while a segmentation runs or its result is being added to the viewer."""
-        return self._worker is not None or self._adding_result
+        return self._worker is not None or self.session.adding_result
+
+    #: a result is being added to the viewer (tests/test_workflow.py sets it)
+    _adding_result = property(lambda self: self.session.adding_result,
+                              lambda self, value: setattr(self.session, "adding_result", value))
 
     def _say(self, text: str, error: bool = False) -> None:
+        self._status = None if error else text  # an error is never a hint
         self.status_label.value = ui.status_html(text, error)
 
     def _update_buttons(self) -> None:
         running, patient = self.running, self.current_patient()
-        self.segment_button.enabled = not running and self._loaded is not None and patient is not None
+        self.segment_button.enabled = not running and self.loaded_model is not None and patient is not None
         self.stop_button.enabled = running and self._worker is not None
         for control in (self.browse_button, self.model_combo, self.device_combo, self.image_combo):
             control.enabled = not running
-        hints = ("", NO_MODEL_TEXT, OPEN_PATIENT_TEXT)  # a status line that only hints is kept up to date
-        if not running and self.status_label.value in {ui.status_html(hint) for hint in hints}:
-            self._say(NO_MODEL_TEXT if not self.model_combo.choices else OPEN_PATIENT_TEXT if patient is None else "")
+        hint = None if running else self.session.hint(self._status, bool(self.model_combo.choices), patient)
+        if hint is not None:  # a status line that only hints is kept up to date
+            self._say(hint)
 
     def segment(self, patient_id: str | None = None):
         """Segment the chosen patient (or ``patient_id``) in a worker thread; returns the worker, or None with the
@@ -383,20 +313,14 @@ class SegmentWidget(widgets.Container):
             return None
         if patient_id is not None:
             self.select_patient(patient_id)
-        patient = self.current_patient()
-        reason = core.refusal(patient_id, patient, self._loaded, bool(self.model_combo.choices))
-        if reason is not None:
-            self._say(*reason)
-            return None
-        question = core.replace_question(self.viewer, patient.patient_id)
-        if question is not None and not self.ask(*question):
-            return None
         try:
-            images = patient.volume()
-        except ValueError as err:
-            self._say(f"Cannot segment: {err}", error=True)
+            started = self.session.new_run(patient_id, self.current_patient(), self.model_combo.current_choice,
+                                           self.settings(), bool(self.model_combo.choices))
+        except core.RunFailed as failed:
+            return self._say(*failed.args)
+        if started is None:
             return None
-        run = self._job = core.SegmentRun(patient, self._loaded, self.model_combo.current_choice, self.settings())
+        run, images = started
         worker = _segment_job(run.model.model, images, self.device_combo.value or "auto", self.tta_check.value,
                               int(self.batch_size), run.settings, run.model.training_size, run.timing)
         worker.yielded.connect(self._on_progress)
@@ -423,21 +347,22 @@ class SegmentWidget(widgets.Container):
 
     def _on_finished(self) -> None:
         self._worker = None
-        if not self._adding_result and not self._job.reported:  # stopped after the last batch: no `aborted`
-            self._finish(self._job.patient_id, None, STOPPED_TEXT)
+        run = self.session.run
+        if not self.session.adding_result and not run.reported:  # stopped after the last batch: no `aborted`
+            self._finish(run.patient_id, None, STOPPED_TEXT)
         self._update_buttons()
 
     def _finish(self, pid: str, layer, message: str, error: bool = False) -> None:
         """The end of a run: the status line, and ``segmentation_done`` for the workflow."""
-        if self._job is not None:
-            self._job.reported = True
+        if self.session.run is not None:
+            self.session.run.reported = True
         self._say(message, error)
         if error:
             ui.notify(message, "error")
         self.segmentation_done.emit(pid, layer, message)
 
     def _on_result(self, result) -> None:
-        run = self._job
+        run = self.session.run
         if run is None:
             return
         try:
@@ -447,7 +372,7 @@ class SegmentWidget(widgets.Container):
         self.last_timing = dict(run.timing)
         if self.settings() == run.settings:
             return self._add_result(run, probs, mask, run.settings)
-        self._adding_result, settings = True, self.settings()  # the controls changed meanwhile: redo the mask
+        self.session.adding_result, settings = True, self.settings()  # the controls changed meanwhile: redo the mask
         worker = _postprocess_job(probs, settings)
         worker.returned.connect(lambda new_mask: self._add_result(run, probs, new_mask, settings))
         worker.errored.connect(lambda err: (self._end_adding(), self._finish(
@@ -456,36 +381,25 @@ class SegmentWidget(widgets.Container):
 
     def _add_result(self, run: core.SegmentRun, probs: np.ndarray, mask: np.ndarray, settings) -> None:
         """Put the result in the viewer in steps one event-loop turn apart (``segmentation.ResultPlacement``)."""
-        placed = core.ResultPlacement(self.viewer, run.patient, probs, mask, run.model.path, run.model_label,
-                                      settings)
-
-        def ready_for_the_brush() -> None:
-            placed.labels.mode = "paint"
-            self._compare_text = ""
+        def ready_for_the_brush(labels) -> None:
             self.update_readout()
-            self._finish(run.patient_id, placed.labels, core.done_text(run.patient_id, run.model_label))
+            self._finish(run.patient_id, labels, core.done_text(run.patient_id, run.model_label))
             if not mask.any():
                 ui.notify(f"{run.patient_id}: the model found no tumour at threshold {settings.threshold:.2f}")
 
-        self._adding_result = True
-        self._run_gui_steps(run.patient, [placed.place_probabilities, lambda: self._watch_labels(placed.place_labels()),
-                                          placed.select_labels, ready_for_the_brush])
+        steps = self.session.placement_steps(run, probs, mask, settings, self._watch_labels, ready_for_the_brush)
+        self._run_gui_steps(run.patient, steps)
 
-    def _end_adding(self) -> None:
-        self._adding_result, self._job = False, None
+    def _end_adding(self, patient_id: str = "", discarded: str | None = None) -> None:
+        """The end of adding a result (``discarded``: why the patient's result was not added)."""
+        if discarded is not None:
+            self._finish(patient_id, None, discarded)
+        self.session.adding_result, self.session.run = False, None
         self._update_buttons()
 
     def _run_gui_steps(self, patient: PatientLayers, steps: list) -> None:
-        """Run GUI-thread steps one event-loop turn apart, so that the window repaints and reacts between them
-        (adding each layer costs napari 0.1-0.3 s); stops if the patient's layers are closed meanwhile."""
-        if steps and not patient.alive(self.viewer):
-            self._finish(patient.patient_id, None, f"The layers of {patient.patient_id} were closed while the "
-                         "result was being added; it was discarded.")
-            steps = []
-        if not steps:
-            return self._end_adding()
-        steps[0]()
-        _later(lambda: self._run_gui_steps(patient, steps[1:]), STEP_DELAY_MS)
+        """Run GUI-thread steps one event-loop turn apart (``SegmentSession.run_steps``), then end adding."""
+        self.session.run_steps(patient, steps, self._end_adding)
 
     # -------------------------------------------------------------------------- edits, readout
 
@@ -496,7 +410,7 @@ class SegmentWidget(widgets.Container):
             self._connections.append((emitter, self._on_labels_edited))
 
     def _on_labels_edited(self, event=None) -> None:
-        self._compare_text = ""
+        self.session.compare_text = ""
         if getattr(event, "type", "") == "paint":  # napari emits it before writing an edit made in code
             _later(self.update_readout)
         else:
@@ -505,7 +419,7 @@ class SegmentWidget(widgets.Container):
     def update_readout(self) -> None:
         """Show tumour voxels, slices and volume of the current result (and the last comparison)."""
         layer = self.current_prediction_layer()
-        self.readout_label.value = text = core.readout_text(layer, self._compare_text)
+        self.readout_label.value = text = core.readout_text(layer, self.session.compare_text)
         self.readout_label.visible = bool(text)
         self.compare_button.enabled = layer is not None and layers.ai_mask_of(layer) is not None
 
@@ -513,7 +427,7 @@ class SegmentWidget(widgets.Container):
         """Dice between the AI output and the current labels, and voxels changed; shown in the readout."""
         layer = self.current_prediction_layer()
         result = layers.compare_with_ai(layer) if layer is not None else None
-        self._compare_text = core.compare_text(result)
+        self.session.compare_text = core.compare_text(result)
         self.update_readout()
         return result
 
@@ -521,27 +435,19 @@ class SegmentWidget(widgets.Container):
 
     def autosave_now(self) -> list[Path]:
         """Save edited, unexported tumour layers that changed since their last autosave; returns the files."""
-        saved, errors = core.autosave(self.viewer, self._last_autosave)
+        saved, errors = core.autosave(self.viewer, self.session.last_autosave)
         for error in errors:
             self._say(error, error=True)
         return saved
 
-    def _queue_recovery_check(self, patient_id: str) -> None:
-        if patient_id not in self._recovery_offered:
-            _later(lambda: self.check_recovery(patient_id))
-
     def check_recovery(self, patient_id: str):
         """Offer to restore an autosaved correction of the patient (once per session); returns the layer."""
-        patient = find_patients(self.viewer).get(patient_id)
-        rec = None if patient is None else core.pending_recovery(self.viewer, patient_id, self._recovery_offered)
-        if rec is None or not self.ask(*core.recovery_question(patient_id, rec)):
-            return None
-        return self.restore_recovery(patient, rec)
+        return self.session.check_recovery(patient_id)
 
     def restore_recovery(self, patient: PatientLayers, rec):
         """Add a ``recovery.Recovery`` as '<PATIENT> tumour (recovered)', ready for the brush; returns the layer."""
         try:
-            layer = core.restore_autosave(self.viewer, patient, rec, self._last_autosave)
+            layer = core.restore_autosave(self.viewer, patient, rec, self.session.last_autosave)
         except ValueError as err:
             self._say(str(err), error=True)
             return None

@@ -15,8 +15,9 @@ from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QFileDialog
 
 from .. import train_process as core
+from ..layers import run_below_the_window
 from ..segmentation import current_model_path, register_model, registered_models
-from ._common import keep_gc_pauses_short, notify, run_below_the_window, status_html, wrapped_label
+from ._common import keep_gc_pauses_short, notify, status_html, wrapped_label
 
 PLOT_HEIGHT = 200
 PLOT_PLACEHOLDER = "Loss and validation curves appear here after each epoch."
