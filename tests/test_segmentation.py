@@ -283,7 +283,7 @@ class Turns:
     def __init__(self) -> None:
         self.queued: list[tuple] = []
 
-    def __call__(self, callback, delay_ms: int) -> None:
+    def __call__(self, delay_ms: int, callback) -> None:
         self.queued.append((callback, delay_ms))
 
     def run(self) -> int:

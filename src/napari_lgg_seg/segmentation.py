@@ -422,10 +422,10 @@ class SegmentSession:
     """The Segment dock's state and decisions without Qt: the model chosen and loaded, the run and re-thresholds in
     flight, spare layers and recovery checks to queue, what layer events mean, and the status hints. The dock keeps
     the widgets, workers and timers; ``ask(title, text) -> bool`` asks a yes/no question and
-    ``later(callback, delay_ms)`` runs a callback on a later event-loop turn; ``restore(patient, recovery)`` adds
+    ``later(delay_ms, callback)`` runs a callback on a later event-loop turn; ``restore(patient, recovery)`` adds
     autosaved corrections the user wants back."""
 
-    def __init__(self, viewer, ask: Callable[[str, str], bool], later: Callable[[Callable[[], None], int], None],
+    def __init__(self, viewer, ask: Callable[[str, str], bool], later: Callable[[int, Callable[[], None]], object],
                  restore: Callable[[PatientLayers, recovery.Recovery], object], step_delay_ms: int = 1) -> None:
         self.viewer, self.ask, self.later, self.restore, self.step_delay_ms = viewer, ask, later, restore, step_delay_ms
         self.loaded = None  # model.LoadedModel of the model chosen
@@ -522,7 +522,7 @@ class SegmentSession:
         """Add the spare layers the patient on screen will need (a model is loaded), one per later turn."""
         if not self.spares_queued:
             self.spares_queued = True
-            self.later(self._add_spare_layer, self.step_delay_ms)
+            self.later(self.step_delay_ms, self._add_spare_layer)
 
     def _add_spare_layer(self) -> None:
         self.spares_queued = False
@@ -539,7 +539,7 @@ class SegmentSession:
                     self.queue_spare_layer()
 
             if kind == "labels":  # napari shows (and styles) the Labels controls once now, not at the first result
-                self.later(then, self.step_delay_ms)
+                self.later(self.step_delay_ms, then)
             else:
                 then()
 
@@ -620,14 +620,14 @@ class SegmentSession:
         if not steps:
             return end(patient.patient_id, None)
         steps[0]()
-        self.later(lambda: self.run_steps(patient, steps[1:], end), self.step_delay_ms)
+        self.later(self.step_delay_ms, lambda: self.run_steps(patient, steps[1:], end))
 
     # -- recovery
 
     def queue_recovery_check(self, patient_id: str) -> None:
         """Check for the patient's autosaved corrections on a later turn (once per session)."""
         if patient_id not in self.recovery_offered:
-            self.later(lambda: self.check_recovery(patient_id), 0)
+            self.later(0, lambda: self.check_recovery(patient_id))
 
     def check_recovery(self, patient_id: str):
         """Offer to restore the patient's autosaved corrections (once per session); returns what ``restore``

@@ -10,17 +10,38 @@ import weakref
 from collections.abc import Callable
 from types import SimpleNamespace
 
+from magicgui.widgets import Container
+
 from .. import layers
 from ..layers import unproxied
 
 # ------------------------------------------------------------------------------ responsiveness
 
 
-def keep_gc_pauses_short(viewer, dock) -> None:
-    """``layers.keep_gc_pauses_short`` while ``dock`` (a QWidget) is open."""
+def later(delay_ms: int, callback: Callable[[], object]) -> None:
+    """Run ``callback`` on a later event-loop turn; nothing if its dock was closed meanwhile. The ``later`` the docks
+    give their Qt-free sessions."""
     from qtpy.QtCore import QTimer
 
-    dock.destroyed.connect(layers.keep_gc_pauses_short(viewer, QTimer.singleShot))
+    def run() -> None:
+        try:
+            callback()
+        except RuntimeError:  # the dock's Qt objects are gone
+            pass
+
+    QTimer.singleShot(delay_ms, run)
+
+
+def keep_gc_pauses_short(viewer, dock) -> None:
+    """``layers.keep_gc_pauses_short`` while ``dock`` (a QWidget) is open."""
+    dock.destroyed.connect(layers.keep_gc_pauses_short(viewer, later))
+
+
+def row(*items, label: str = "") -> Container:
+    """A horizontal row of widgets without margins (a form row titled ``label``)."""
+    widget_row = Container(widgets=items, layout="horizontal", labels=False, label=label)
+    widget_row.margins = (0, 0, 0, 0)
+    return widget_row
 
 
 def disconnector(connections: list):

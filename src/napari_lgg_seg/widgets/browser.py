@@ -11,7 +11,7 @@ import weakref
 from pathlib import Path
 
 from magicgui.widgets import CheckBox, Container, FileEdit, Label, PushButton
-from qtpy.QtCore import Qt, QTimer
+from qtpy.QtCore import Qt
 from qtpy.QtGui import QCursor
 from qtpy.QtWidgets import QApplication, QListWidget
 
@@ -20,7 +20,9 @@ from ..workflow import DatasetSession, load_settings, save_settings, write_expor
 from ._common import (
     fit_layer_list_to_patients,
     keep_gc_pauses_short,
+    later,
     qt_ask,
+    row,
     status_html,
     wrapped_label,
 )
@@ -73,17 +75,17 @@ class PatientBrowser(Container):
         self.shortcuts_label.native.setWordWrap(True)
         self.status_label = wrapped_label(Label(), rich=True)
         rows = [Container(widgets=[self.root_edit]),
-                Container(widgets=[self.prev_button, self.next_button], layout="horizontal", labels=False),
+                row(self.prev_button, self.next_button),
                 Container(widgets=[self.export_root, self.auto_segment]),
-                Container(widgets=[self.accept_button, self.next_todo_button], layout="horizontal", labels=False)]
-        for row in rows:
-            row.margins = (0, 0, 0, 0)
+                row(self.accept_button, self.next_todo_button)]
+        for form in rows[::2]:
+            form.margins = (0, 0, 0, 0)
         super().__init__(widgets=[*rows, self.shortcuts_label, self.status_label], labels=False)
         self.native.layout().insertWidget(2, self.list, 1)
 
         self.session = session = DatasetSession(
             napari_viewer, export_root=self.export_root.value, ask=qt_ask(self.native),
-            later=QTimer.singleShot, waiting=_wait_cursor, write_export=_write_in_worker,
+            later=later, waiting=_wait_cursor, write_export=_write_in_worker,
             initializer=run_below_the_window)  # the neighbours are read below the window's priority
         session.status.connect(self._show_status)
         session.listed.connect(self._list_patients)
@@ -217,7 +219,7 @@ class PatientBrowser(Container):
             return
         if need_model and current_model_path() is None and default_model_path() is None:
             return
-        QTimer.singleShot(1, lambda: self._segment_when_idle(patient_id, tries=100))
+        later(1, lambda: self._segment_when_idle(patient_id, tries=100))
 
     def _segment_when_idle(self, patient_id: str, tries: int) -> None:
         """Segment ``patient_id`` once the Segment dock has finished its previous run (checked every 0.2 s)."""
@@ -226,7 +228,7 @@ class PatientBrowser(Container):
         if patient_id != self.current_patient_id or tumour_layer(self.viewer, patient_id) is not None:
             return  # moved on, or segmented meanwhile (e.g. by a Segment click while the dock was busy)
         if segment_dock(self.viewer).running and tries > 0:
-            QTimer.singleShot(200, lambda: self._segment_when_idle(patient_id, tries - 1))
+            later(200, lambda: self._segment_when_idle(patient_id, tries - 1))
             return
         self.segment()
 

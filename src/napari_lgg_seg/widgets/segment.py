@@ -50,24 +50,6 @@ def _postprocess_job(probs: np.ndarray, settings) -> np.ndarray:
     return postprocess(probs, settings)
 
 
-def _later(callback, delay_ms: int = 0) -> None:
-    """Run ``callback`` on a later event-loop turn; nothing if the dock was closed meanwhile."""
-
-    def run() -> None:
-        try:
-            callback()
-        except RuntimeError:  # the dock's Qt objects are gone
-            pass
-
-    QTimer.singleShot(delay_ms, run)
-
-
-def _row(*items, **options) -> widgets.Container:
-    row = widgets.Container(widgets=items, layout="horizontal", labels=False, **options)
-    row.margins = (0, 0, 0, 0)
-    return row
-
-
 class SegmentWidget(widgets.Container):
     """Segment the chosen patient with a U-Net and hand the result to the brush.
 
@@ -85,7 +67,7 @@ class SegmentWidget(widgets.Container):
 
         self.viewer, self.batch_size, self.last_timing = napari_viewer, 8, {}  # last_timing: the worker's seconds
         self._worker, self._setting_controls, self._status = None, False, ""  # _status: the status line's text
-        self.session = core.SegmentSession(napari_viewer, lambda *question: self.ask(*question), _later,
+        self.session = core.SegmentSession(napari_viewer, lambda *question: self.ask(*question), ui.later,
                                            self.restore_recovery, STEP_DELAY_MS)
 
         self.image_combo = widgets.create_widget(annotation=napari.layers.Image, label="Image", options={
@@ -111,10 +93,10 @@ class SegmentWidget(widgets.Container):
         self.readout_label = ui.wrapped_label(widgets.Label())
         self.compare_button = widgets.PushButton(text="Compare with AI", enabled=False,
                                                  tooltip="Dice between the AI output and your corrected labels")
-        form = widgets.Container(widgets=[self.image_combo, _row(self.model_combo, self.browse_button, label="Model"),
+        form = widgets.Container(widgets=[self.image_combo, ui.row(self.model_combo, self.browse_button, label="Model"),
                                           self.threshold])
         form.margins = (0, 0, 0, 0)
-        super().__init__(widgets=[form, self.model_label, _row(self.segment_button, self.stop_button, self.progress),
+        super().__init__(widgets=[form, self.model_label, ui.row(self.segment_button, self.stop_button, self.progress),
                                   self.status_label, self.readout_label, self.compare_button], labels=False)
         self.ask = ui.qt_ask(self.native)
         self.more_options = QCollapsible("More options")  # collapsed: a short dock (issue 13, bug 5)
@@ -412,7 +394,7 @@ class SegmentWidget(widgets.Container):
     def _on_labels_edited(self, event=None) -> None:
         self.session.compare_text = ""
         if getattr(event, "type", "") == "paint":  # napari emits it before writing an edit made in code
-            _later(self.update_readout)
+            ui.later(0, self.update_readout)
         else:
             self.update_readout()
 

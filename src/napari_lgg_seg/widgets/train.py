@@ -17,7 +17,7 @@ from qtpy.QtWidgets import QFileDialog
 from .. import train_process as core
 from ..layers import run_below_the_window
 from ..segmentation import current_model_path, register_model, registered_models
-from ._common import keep_gc_pauses_short, notify, status_html, wrapped_label
+from ._common import keep_gc_pauses_short, notify, row, status_html, wrapped_label
 
 PLOT_HEIGHT = 200
 PLOT_PLACEHOLDER = "Loss and validation curves appear here after each epoch."
@@ -75,12 +75,6 @@ def _button(text: str, callback, tooltip: str | None = None) -> PushButton:
     return button
 
 
-def _row(label: str, *widgets) -> Container:
-    row = Container(widgets=widgets, layout="horizontal", labels=False, label=label)
-    row.margins = (0, 0, 0, 0)
-    return row
-
-
 class TrainWidget(Container):
     """Train from scratch or fine-tune a model on folders in the LGG layout, with a live plot."""
 
@@ -104,10 +98,10 @@ class TrainWidget(Container):
                                     tooltip="Fine-tune a model (architecture and training size are the model's) or "
                                     "train a new U-Net from random weights")
         self.start_combo.changed.connect(self._on_start_changed)
-        data_buttons = _row("", _button("Add folder…", self._browse_data),
-                            _button("Remove", self.remove_selected_root, "Remove the selected folders"))
-        start_row = _row("Start from", self.start_combo,
-                         _button("Checkpoint…", self._browse_start, "Fine-tune a checkpoint file (.pt)"))
+        data_buttons = row(_button("Add folder…", self._browse_data),
+                           _button("Remove", self.remove_selected_root, "Remove the selected folders"))
+        start_row = row(self.start_combo, _button("Checkpoint…", self._browse_start, "Fine-tune a checkpoint file (.pt)"),
+                        label="Start from")
         fields = magic_signature(run_settings).widgets().values()
         self.settings = form = Container(widgets=[self.data_list, data_buttons, start_row, *fields])
         form.margins = (0, 0, 0, 0)
@@ -124,7 +118,7 @@ class TrainWidget(Container):
         self.plot_label = wrapped_label(Label(value=PLOT_PLACEHOLDER), rich=True, selectable=True)
         self.plot_label.native.setAlignment(Qt.AlignmentFlag.AlignCenter)
         self.plot_label.native.setMinimumHeight(PLOT_HEIGHT)
-        super().__init__(widgets=[form, _row("", self.start_button, self.stop_button, self.resume_button),
+        super().__init__(widgets=[form, row(self.start_button, self.stop_button, self.resume_button),
                                   self.progress, self.status_label, self.plot_label], labels=False)
         self.native.destroyed.connect(self._on_destroyed)
         keep_gc_pauses_short(napari_viewer, self.native)
