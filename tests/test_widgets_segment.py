@@ -246,7 +246,7 @@ def test_checkpoint_card_sets_the_controls(widget, tmp_path):
     assert "model card" in widget.model_label.value
 
 
-def test_registered_models_appear(widget, tmp_path):
+def test_registered_models_appear(widget, qtbot, tmp_path):
     from napari_lgg_seg.segmentation import register_model, unregister_model
 
     path = make_tiny_checkpoint(tmp_path / "finetuned.pt")
@@ -254,7 +254,9 @@ def test_registered_models_appear(widget, tmp_path):
         register_model(path, "Fine-tuned (epoch 3)")
         assert widget.model_combo.choices == (str(path.resolve()),)
         assert widget.model_combo.current_choice == "Fine-tuned (epoch 3)"
-        assert widget.loaded_model is not None and widget.loaded_model.path == str(path.resolve())
+        # loaded in a worker (the window keeps painting)
+        qtbot.waitUntil(lambda: widget.loaded_model is not None, timeout=WAIT_MS)
+        assert widget.loaded_model.path == str(path.resolve()) and not widget.running
     finally:
         unregister_model(path)
     assert len(widget.model_combo.choices) == 0
@@ -390,7 +392,8 @@ def test_result_layers_are_added_one_event_loop_turn_apart(widget, qtbot, tiny_c
     patient = widget.current_patient()
     ran = []
     widget._adding_result = True
-    widget._run_gui_steps(patient, [lambda: widget.viewer.layers.clear(), lambda: ran.append("second step")])
+    widget.session.run_steps(patient, [lambda: widget.viewer.layers.clear(), lambda: ran.append("second step")],
+                             widget._end_adding)
     qtbot.waitUntil(lambda: not widget.running, timeout=WAIT_MS)
     assert ran == [] and "closed while the result was being added" in widget.status_label.value
 
@@ -464,7 +467,7 @@ def test_recovery_files_roundtrip(tmp_path):
     assert recovery.clear_recovery("P/../x") and not recovery.has_recovery("P/../x")
 
 
-def test_default_model_and_file_picker(make_napari_viewer, monkeypatch, tmp_path):
+def test_default_model_and_file_picker(make_napari_viewer, qtbot, monkeypatch, tmp_path):
     import napari_lgg_seg.model as model_mod
     from napari_lgg_seg.widgets import segment as segment_mod
 
@@ -481,7 +484,34 @@ def test_default_model_and_file_picker(make_napari_viewer, monkeypatch, tmp_path
     w.browse_button.native.click()
     assert w.model_combo.choices == (str(default), str(other.resolve()))
     assert w.model_combo.get_choice("Default model") == str(default)
+    # the picked file loads in a worker: the window keeps painting, Segment waits for it
+    assert "Loading other.pt" in w.model_label.value and w.running and not w.segment_button.enabled
+    qtbot.waitUntil(lambda: not w.running, timeout=WAIT_MS)
     assert w.model_combo.current_choice == "other.pt" and w.loaded_model.path == str(other.resolve())
+    assert w.segment_button.enabled and "Loaded other.pt" in w.model_label.value
+
+
+def test_a_picked_checkpoint_loads_off_the_gui_thread_and_a_bad_one_is_reported(widget, qtbot, monkeypatch,
+                                                                                 tmp_path):
+    """Loading a checkpoint took 80-150 ms on the GUI thread (benchmarks/gui.py): the Checkpoint… button loads it in
+    a worker; a file that fails to load is reported once (no retry loop)."""
+    import napari_lgg_seg.model as model_mod
+    from napari_lgg_seg.widgets import segment as segment_mod
+
+    threads, real = [], model_mod.load_model
+    monkeypatch.setattr(model_mod, "load_model", lambda path: threads.append(threading.current_thread()) or real(path))
+    add_patient(widget.viewer)
+    good, broken = make_tiny_checkpoint(tmp_path / "good.pt"), tmp_path / "broken.pt"
+    broken.write_bytes(b"not a checkpoint")
+    for path in (good, broken):
+        monkeypatch.setattr(segment_mod.QFileDialog, "getOpenFileName", lambda *a, path=path, **k: (str(path), ""))
+        widget.browse_button.native.click()
+        qtbot.waitUntil(lambda: not widget.running, timeout=WAIT_MS)
+    assert len(threads) == 2 and threading.main_thread() not in threads
+    assert "Could not load the model" in widget.model_label.value and widget.loaded_model is None
+    assert not widget.segment_button.enabled
+    widget.model_combo.value = str(good.resolve())  # the good one is still listed, and cached
+    assert widget.loaded_model.path == str(good.resolve()) and widget.segment_button.enabled and len(threads) == 2
 
 
 def test_a_runtime_error_in_the_worker_is_reported_and_the_dock_recovers(widget, qtbot, tiny_checkpoint,

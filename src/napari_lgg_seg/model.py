@@ -370,9 +370,11 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> L
                               "give meaningless masks. Use another checkpoint (e.g. an earlier epoch of the run).")
     if parameter_count(model_config) > MAX_PARAMETERS:
         raise CheckpointError(f"{path}: the network would have more than {MAX_PARAMETERS:,} parameters; refused.")
-    model = UNet(model_config)
+    with torch.device("meta"):  # no random initialisation to throw away: half of the load time (20-35 ms)
+        model = UNet(model_config)
     try:
-        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+        model.load_state_dict({k: v.float().contiguous() if v.is_floating_point() else v.contiguous()
+                               for k, v in state.items()}, assign=True)
     except RuntimeError as err:
         lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()][:4]
         raise CheckpointError(

@@ -430,6 +430,7 @@ class SegmentSession:
         self.viewer, self.ask, self.later, self.restore, self.step_delay_ms = viewer, ask, later, restore, step_delay_ms
         self.loaded = None  # model.LoadedModel of the model chosen
         self.models: dict[str, object] = {}  # path -> LoadedModel
+        self.load_errors: dict[str, str] = {}  # path -> why it did not load, until the file is chosen again
         self.checkpoint_files: dict[str, str] = {}  # path -> label, chosen with the file picker
         self.patient_id: str | None = None  # the patient the status line names
         self.compare_text = ""
@@ -461,14 +462,33 @@ class SegmentSession:
         """Offer a checkpoint file in the model list; returns its key (the resolved path)."""
         key = os.fspath(Path(path).expanduser().resolve())
         self.checkpoint_files[key] = label or Path(key).name
+        self.load_errors.pop(key, None)  # tried again (the file may have been fixed)
         return key
+
+    def needs_loading(self, path: str | None) -> bool:
+        """True when ``path`` is neither loaded nor tried yet (``preload`` it, e.g. in a worker, before
+        ``select_model``)."""
+        return path is not None and path not in self.models and path not in self.load_errors
+
+    def preload(self, path: str) -> None:
+        """Load the checkpoint at ``path`` into the cache, or note why it failed (for ``select_model``). Safe in a
+        worker thread: it only adds one entry to a dict."""
+        try:
+            error = load_cached(path, self.models)[1]
+        except Exception as err:  # noqa: BLE001 - an unreadable file of any kind is reported, never raised
+            error = f"Could not load the model: {type(err).__name__}: {err}"
+        if error:
+            self.load_errors[path] = error
 
     def select_model(self, path: str | None, has_choices: bool) -> tuple[str, bool] | None:
         """Load the model at ``path`` (cached) as the current one; returns the model line's ``(text, is_error)``,
         None when it already is the current one. A file that fails to load leaves the list."""
         if self.loaded is not None and self.loaded.path == path:
             return None
-        self.loaded, error = load_cached(path, self.models) if path is not None else (None, None)
+        if path in self.load_errors:
+            self.loaded, error = None, self.load_errors[path]
+        else:
+            self.loaded, error = load_cached(path, self.models) if path is not None else (None, None)
         if error:
             self.checkpoint_files.pop(path, None)
         if self.loaded is not None:

@@ -32,6 +32,17 @@ def later(delay_ms: int, callback: Callable[[], object]) -> None:
     QTimer.singleShot(delay_ms, run)
 
 
+def background(function: Callable):
+    """A ``thread_worker`` (not started) running ``function`` below the window's CPU priority."""
+    from napari.qt.threading import thread_worker
+
+    def run(*args):
+        layers.run_below_the_window()
+        return function(*args)
+
+    return thread_worker(run, start_thread=False)
+
+
 def keep_gc_pauses_short(viewer, dock) -> None:
     """``layers.keep_gc_pauses_short`` while ``dock`` (a QWidget) is open."""
     dock.destroyed.connect(layers.keep_gc_pauses_short(viewer, later))
@@ -42,6 +53,12 @@ def row(*items, label: str = "") -> Container:
     widget_row = Container(widgets=items, layout="horizontal", labels=False, label=label)
     widget_row.margins = (0, 0, 0, 0)
     return widget_row
+
+
+def delegate(name: str, writable: bool = False) -> property:
+    """A dock property that is its Qt-free session's ``name`` (the dock's API predates the session)."""
+    setter = (lambda self, value: setattr(self.session, name, value)) if writable else None
+    return property(lambda self: getattr(self.session, name), setter, doc=f"The session's ``{name}``.")
 
 
 def disconnector(connections: list):

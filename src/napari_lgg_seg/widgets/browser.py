@@ -18,6 +18,8 @@ from qtpy.QtWidgets import QApplication, QListWidget
 from ..layers import run_below_the_window, tumour_layer
 from ..workflow import DatasetSession, load_settings, save_settings, write_export_job
 from ._common import (
+    background,
+    delegate,
     fit_layer_list_to_patients,
     keep_gc_pauses_short,
     later,
@@ -37,19 +39,13 @@ SHORTCUTS = (
 )
 
 
-def _session_attribute(name: str, writable: bool = False) -> property:
-    """``DatasetSession.name``, on the dock (whose API predates the session)."""
-    setter = (lambda self, value: setattr(self.session, name, value)) if writable else None
-    return property(lambda self: getattr(self.session, name), setter, doc=f"``DatasetSession.{name}``")
-
-
 class PatientBrowser(Container):
     """List the patients under a dataset root; Previous / Next / a click swaps the open patient.
 
     ``ask(title, text) -> bool`` asks before leaving unexported corrections; replace it in tests.
     """
 
-    ask = _session_attribute("ask", writable=True)
+    ask = delegate("ask", writable=True)
 
     def __init__(self, napari_viewer, root: str = "", load_first: bool = True) -> None:
         self.viewer = napari_viewer
@@ -251,21 +247,13 @@ class PatientBrowser(Container):
 for _name in ("root", "folders", "current_index", "current_patient_id", "states", "exporting", "next", "previous",
               "switch_to", "show_patient", "first_patient_layers", "next_not_exported", "next_not_exported_index",
               "accept_and_next", "refresh_states", "toggle_ground_truth"):
-    setattr(PatientBrowser, _name, _session_attribute(_name))
+    setattr(PatientBrowser, _name, delegate(_name))  # ``DatasetSession``'s, on the dock
 del _name
-
-
-def _write_export(job):
-    """Worker: ``write_export_job`` below the window's priority."""
-    run_below_the_window()
-    return write_export_job(job)
 
 
 def _write_in_worker(job, done) -> None:
     """Write an export in a worker thread (the window keeps painting); ``done(result)`` back on the GUI thread."""
-    from napari.qt.threading import create_worker
-
-    worker = create_worker(_write_export, job, _start_thread=False)
+    worker = background(write_export_job)(job)
     worker.returned.connect(done)
     worker.errored.connect(done)  # an unexpected error: reported as a failed export (napari shows its traceback)
     worker.start()

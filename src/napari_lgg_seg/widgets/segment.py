@@ -41,12 +41,11 @@ def _segment_job(*args):
         return f"{type(err).__name__}: {err}"
 
 
-@thread_worker(start_thread=False)
+@ui.background
 def _postprocess_job(probs: np.ndarray, settings) -> np.ndarray:
     """The mask of ``probs`` with ``settings`` (80-110 ms for a real patient: too long for the GUI thread)."""
     from ..inference import postprocess
 
-    layers.run_below_the_window()
     return postprocess(probs, settings)
 
 
@@ -67,6 +66,7 @@ class SegmentWidget(widgets.Container):
 
         self.viewer, self.batch_size, self.last_timing = napari_viewer, 8, {}  # last_timing: the worker's seconds
         self._worker, self._setting_controls, self._status = None, False, ""  # _status: the status line's text
+        self._loading_model = False  # a checkpoint loads in a worker
         self.session = core.SegmentSession(napari_viewer, lambda *question: self.ask(*question), ui.later,
                                            self.restore_recovery, STEP_DELAY_MS)
 
@@ -129,6 +129,8 @@ class SegmentWidget(widgets.Container):
         self.autosave_timer.start()
         for layer in self.session.open_results():
             self._watch_labels(layer)
+        if self.session.needs_loading(self.model_combo.value):  # the dock opens with its model loaded
+            self.session.preload(self.model_combo.value)
         self._on_model_changed()
         ui.fit_layer_list_to_patients(self.viewer)
         ui.keep_gc_pauses_short(self.viewer, self.native)
@@ -183,11 +185,14 @@ class SegmentWidget(widgets.Container):
         path, _ = QFileDialog.getOpenFileName(self.native, "Choose a U-Net checkpoint", "",
                                               "PyTorch checkpoints (*.pt *.pth);;All files (*)")
         if path:
-            self.add_checkpoint(path)
+            self.add_checkpoint(path, wait=False)
 
-    def add_checkpoint(self, path: str | os.PathLike, label: str | None = None) -> bool:
-        """Add a checkpoint file to the model list and select it; False (and a message) if it cannot be loaded."""
+    def add_checkpoint(self, path: str | os.PathLike, label: str | None = None, wait: bool = True) -> bool:
+        """Add a checkpoint file to the model list and select it; False (and a message) if it cannot be loaded.
+        ``wait=False`` (the Checkpoint… button) loads it in a worker: False until it is loaded."""
         key = self.session.add_checkpoint_file(path, label)
+        if wait and self.session.needs_loading(key):
+            self.session.preload(key)
         self.model_combo.reset_choices()
         if self.model_combo.value != key:
             self.model_combo.value = key
@@ -196,7 +201,17 @@ class SegmentWidget(widgets.Container):
         return self.loaded_model is not None and self.loaded_model.path == key
 
     def _on_model_changed(self, *args) -> None:
-        line = self.session.select_model(self.model_combo.value, bool(self.model_combo.choices))
+        path = self.model_combo.value
+        if self._loading_model:  # the loaded model follows the list when the load ends
+            return
+        if self.session.needs_loading(path):  # torch takes 50-150 ms to load: in a worker, the window keeps painting
+            self._loading_model = True
+            self.model_label.value = ui.status_html(f"Loading {Path(path).name}…")
+            worker = ui.background(self.session.preload)(path)
+            worker.finished.connect(self._on_model_loaded)
+            self._update_buttons()
+            return worker.start()
+        line = self.session.select_model(path, bool(self.model_combo.choices))
         if line is None:  # already the current model
             return
         if self.loaded_model is not None:
@@ -207,10 +222,14 @@ class SegmentWidget(widgets.Container):
         self.model_label.tooltip = self.loaded_model.path if self.loaded_model is not None else ""
         self._update_buttons()
 
-    @property
-    def loaded_model(self):
-        """The selected, loaded model (``LoadedModel``) or None."""
-        return self.session.loaded
+    def _on_model_loaded(self) -> None:
+        self._loading_model = False
+        try:
+            self._on_model_changed()
+        except RuntimeError:  # the dock was closed meanwhile
+            pass
+
+    loaded_model = ui.delegate("loaded")  # the selected, loaded model (``LoadedModel``) or None
 
     # ------------------------------------------------------------------------- post-processing
 
@@ -258,21 +277,16 @@ class SegmentWidget(widgets.Container):
         worker.start()
         return True
 
-    @property
-    def postprocessing(self) -> bool:
-        """True while a re-threshold / post-processing of the current result runs in a worker."""
-        return self.session.postprocessing
+    postprocessing = ui.delegate("postprocessing")  # True while a re-threshold of the current result runs
 
     # ----------------------------------------------------------------------------- segmenting
 
     @property
     def running(self) -> bool:
-        """True while a segmentation runs or its result is being added to the viewer."""
-        return self._worker is not None or self.session.adding_result
+        """True while a segmentation runs, its result is being added to the viewer, or a model loads."""
+        return self._worker is not None or self.session.adding_result or self._loading_model
 
-    #: a result is being added to the viewer (tests/test_workflow.py sets it)
-    _adding_result = property(lambda self: self.session.adding_result,
-                              lambda self, value: setattr(self.session, "adding_result", value))
+    _adding_result = ui.delegate("adding_result", writable=True)  # a result is being added (test_workflow sets it)
 
     def _say(self, text: str, error: bool = False) -> None:
         self._status = None if error else text  # an error is never a hint
@@ -370,7 +384,7 @@ class SegmentWidget(widgets.Container):
                 ui.notify(f"{run.patient_id}: the model found no tumour at threshold {settings.threshold:.2f}")
 
         steps = self.session.placement_steps(run, probs, mask, settings, self._watch_labels, ready_for_the_brush)
-        self._run_gui_steps(run.patient, steps)
+        self.session.run_steps(run.patient, steps, self._end_adding)  # one event-loop turn apart
 
     def _end_adding(self, patient_id: str = "", discarded: str | None = None) -> None:
         """The end of adding a result (``discarded``: why the patient's result was not added)."""
@@ -378,10 +392,6 @@ class SegmentWidget(widgets.Container):
             self._finish(patient_id, None, discarded)
         self.session.adding_result, self.session.run = False, None
         self._update_buttons()
-
-    def _run_gui_steps(self, patient: PatientLayers, steps: list) -> None:
-        """Run GUI-thread steps one event-loop turn apart (``SegmentSession.run_steps``), then end adding."""
-        self.session.run_steps(patient, steps, self._end_adding)
 
     # -------------------------------------------------------------------------- edits, readout
 
@@ -422,9 +432,7 @@ class SegmentWidget(widgets.Container):
             self._say(error, error=True)
         return saved
 
-    def check_recovery(self, patient_id: str):
-        """Offer to restore an autosaved correction of the patient (once per session); returns the layer."""
-        return self.session.check_recovery(patient_id)
+    check_recovery = ui.delegate("check_recovery")  # offer a patient's autosaved corrections; returns the layer
 
     def restore_recovery(self, patient: PatientLayers, rec):
         """Add a ``recovery.Recovery`` as '<PATIENT> tumour (recovered)', ready for the brush; returns the layer."""

@@ -15,9 +15,8 @@ from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QFileDialog
 
 from .. import train_process as core
-from ..layers import run_below_the_window
 from ..segmentation import current_model_path, register_model, registered_models
-from ._common import keep_gc_pauses_short, notify, row, status_html, wrapped_label
+from ._common import background, keep_gc_pauses_short, notify, row, status_html, wrapped_label
 
 PLOT_HEIGHT = 200
 PLOT_PLACEHOLDER = "Loss and validation curves appear here after each epoch."
@@ -54,12 +53,11 @@ def run_settings(
     """The settings form of the dock (``train_process.make_config`` turns its values into a ``TrainConfig``)."""
 
 
-@thread_worker(start_thread=False)
+@background
 def _render_curves(*args):
-    """Worker: ``plots.render_curves`` below the window's CPU priority."""
+    """Worker: ``plots.render_curves`` (matplotlib is imported in the worker)."""
     from ..plots import render_curves
 
-    run_below_the_window()
     return render_curves(*args)
 
 
