@@ -336,6 +336,11 @@ def test_demo_gui_opens_the_sample_and_segments(make_napari_viewer, qtbot, monke
     opened, widget = demo.open_demo_viewer()
     assert opened is viewer
     assert "PHANTOM_00_20000101 FLAIR" in [layer.name for layer in viewer.layers]
+    # napari's default window cut the layer names in the middle next to the dock (issue 13 bug 5): it fills the
+    # screen's free area
+    free = viewer.window._qt_window.screen().availableGeometry()
+    _left, _top, width, height = viewer.window.geometry()
+    assert width >= 0.9 * free.width() and height >= 0.9 * free.height()
     qtbot.waitUntil(lambda: not widget.running, timeout=120_000)
     names = [layer.name for layer in viewer.layers]
     assert "PHANTOM_00_20000101 tumour" in names  # the Segment button was pressed for us

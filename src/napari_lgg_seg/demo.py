@@ -181,6 +181,7 @@ def open_demo_viewer():
     from .model import default_model_path
 
     viewer = napari.Viewer(title="napari-lgg-seg demo")
+    _use_the_screen(viewer)
     viewer.open_sample("napari-lgg-seg", "phantom")
     _, widget = viewer.window.add_plugin_dock_widget("napari-lgg-seg", SEGMENT_WIDGET)
     _fit_view_once_docked(viewer)
@@ -190,6 +191,21 @@ def open_demo_viewer():
     elif not _press_segment(widget, SAMPLE_PATIENT_ID):
         print(f"press Segment in the '{SEGMENT_WIDGET}' dock to segment the phantom.")
     return viewer, widget
+
+
+def _use_the_screen(viewer) -> None:
+    """Grow napari's default window (about 1090x630 px on a 1400x900 screen) to the screen's free area: with the
+    layer list, the canvas and the Segment dock side by side, the smaller window cut the layer names in the middle
+    ("PHANTOM_00_200…ur probability") and showed three rows of the layer list. A larger window is left alone."""
+    from qtpy.QtWidgets import QApplication
+
+    screen = QApplication.primaryScreen()
+    if screen is None:
+        return
+    free = screen.availableGeometry()
+    _left, _top, width, height = viewer.window.geometry()
+    if width < 0.9 * free.width() or height < 0.9 * free.height():
+        viewer.window.set_geometry(free.left(), free.top(), free.width(), free.height())
 
 
 def _fit_view_once_docked(viewer) -> None:
