@@ -43,6 +43,13 @@ def background(function: Callable):
     return thread_worker(run, start_thread=False)
 
 
+def device_choices(_widget=None) -> list[str]:
+    """The devices of this machine for a device list (imports torch: call it from a form, not at import)."""
+    from ..inference import available_devices
+
+    return available_devices()
+
+
 def keep_gc_pauses_short(viewer, dock) -> None:
     """``layers.keep_gc_pauses_short`` while ``dock`` (a QWidget) is open."""
     dock.destroyed.connect(layers.keep_gc_pauses_short(viewer, later))

@@ -1,13 +1,13 @@
 """The "Segment tumour" dock: a magicgui form on :mod:`napari_lgg_seg.segmentation`; the network and the
 post-processing run in ``thread_worker`` workers (torch is imported lazily: opening napari does not import it)."""
 
-from __future__ import annotations
-
 import os
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 from magicgui import widgets
+from magicgui.signature import magic_signature
 from napari.qt.threading import thread_worker
 from psygnal import Signal
 from qtpy.QtCore import QTimer
@@ -25,6 +25,21 @@ AUTOSAVE_INTERVAL_MS = 30_000
 #: of them runs two steps per event-loop turn (no timer, no repaint in between: two layer adds froze the window for
 #: one 190-230 ms stall instead of two short ones). A 1-ms timer lets the window's own timers and paints run first.
 STEP_DELAY_MS = 1
+
+
+def segment_options(
+    *,
+    threshold: Annotated[float, {"widget_type": "FloatSlider", "label": "Threshold", "min": core.THRESHOLD_RANGE[0],
+                                 "max": core.THRESHOLD_RANGE[1], "step": 0.05, "tracking": False}] = 0.5,
+    device: Annotated[str, {"label": "Device", "choices": ui.device_choices}],
+    tta: Annotated[bool, {"text": "Test-time augmentation (left-right flip)",
+                          "tooltip": "Average with the flipped image's prediction: slower, slightly smoother"}] = False,
+    keep_largest: Annotated[bool, {"text": "Keep largest 3D component"}] = False,
+    fill_holes: Annotated[bool, {"text": "Fill holes in each slice"}] = False,
+    min_lesion_voxels: Annotated[int, {"label": "Minimum lesion (voxels)", "max": 10_000_000, "step": 10,
+                                       "tooltip": "Remove 3D lesions smaller than this many voxels (0: keep all)"}] = 0,
+) -> None:
+    """The dock's segmentation settings (all but ``device``: ``segmentation.settings_from_controls``)."""
 
 
 @thread_worker(start_thread=False)
@@ -62,8 +77,6 @@ class SegmentWidget(widgets.Container):
     def __init__(self, napari_viewer) -> None:
         import napari.layers
 
-        from ..inference import available_devices
-
         self.viewer, self.batch_size, self.last_timing = napari_viewer, 8, {}  # last_timing: the worker's seconds
         self._worker, self._setting_controls, self._status = None, False, ""  # _status: the status line's text
         self._loading_model = False  # a checkpoint loads in a worker
@@ -75,15 +88,11 @@ class SegmentWidget(widgets.Container):
         self.model_combo = widgets.ComboBox(choices=lambda _widget: self.session.model_choices())
         self.browse_button = widgets.PushButton(text="Checkpoint…", tooltip="Load a U-Net checkpoint (.pt)")
         self.model_label = ui.wrapped_label(widgets.Label(), rich=True)
-        self.threshold = widgets.FloatSlider(label="Threshold", min=core.THRESHOLD_RANGE[0], step=0.05, value=0.5,
-                                             max=core.THRESHOLD_RANGE[1], tracking=False)
-        self.device_combo = widgets.ComboBox(label="Device", choices=available_devices())
-        self.tta_check = widgets.CheckBox(text="Test-time augmentation (left-right flip)", tooltip=(
-            "Average with the flipped image's prediction: slower, slightly smoother"))
-        self.largest_check = widgets.CheckBox(text="Keep largest 3D component")
-        self.fill_check = widgets.CheckBox(text="Fill holes in each slice")
-        self.min_size = widgets.SpinBox(label="Minimum lesion (voxels)", max=10_000_000, step=10,
-                                        tooltip="Remove 3D lesions smaller than this many voxels (0: keep all)")
+        options = dict(magic_signature(segment_options).widgets())
+        self.threshold, self.device_combo, self.tta_check = options["threshold"], options.pop("device"), options["tta"]
+        self.largest_check, self.fill_check, self.min_size = (options["keep_largest"], options["fill_holes"],
+                                                              options["min_lesion_voxels"])
+        self._controls = options  # the post-processing settings, by ``PostProcessing`` field
         self.min_size.native.setKeyboardTracking(False)
         self.segment_button = widgets.PushButton(text="Segment")
         self.stop_button = widgets.PushButton(text="Stop", enabled=False)
@@ -104,8 +113,6 @@ class SegmentWidget(widgets.Container):
                                                                self.fill_check, self.min_size]).native)
         self.more_options.setContentsMargins(0, 0, 0, 0)
         self.native.layout().insertWidget(2, self.more_options)
-        self._controls = {"threshold": self.threshold, "tta": self.tta_check, "keep_largest": self.largest_check,
-                          "fill_holes": self.fill_check, "min_lesion_voxels": self.min_size}
 
         for key, control in self._controls.items():
             if key != "tta":  # TTA applies to the next run: nothing to recompute

@@ -16,16 +16,10 @@ from qtpy.QtWidgets import QFileDialog
 
 from .. import train_process as core
 from ..segmentation import current_model_path, register_model, registered_models
-from ._common import background, keep_gc_pauses_short, notify, row, status_html, wrapped_label
+from ._common import background, device_choices, keep_gc_pauses_short, notify, row, status_html, wrapped_label
 
 PLOT_HEIGHT = 200
 PLOT_PLACEHOLDER = "Loss and validation curves appear here after each epoch."
-
-
-def _devices(_widget=None) -> list[str]:
-    from ..inference import available_devices
-
-    return available_devices()
 
 
 def run_settings(
@@ -46,7 +40,7 @@ def run_settings(
                                     "0 = none"}] = 0.15,
     crops: Annotated[bool, {"text": "128-px crops, half around tumour (faster on CPU)",
                             "tooltip": "Off: whole slices, as in the seed work"}] = False,
-    device: Annotated[str, {"label": "Device", "choices": _devices}],
+    device: Annotated[str, {"label": "Device", "choices": device_choices}],
     out_dir: Annotated[Path, {"label": "Output folder", "mode": "d",
                               "tooltip": "The run folder: a new run is written there; Resume continues the run in it"}],
 ) -> None:
