@@ -485,10 +485,9 @@ class SegmentSession:
         None when it already is the current one. A file that fails to load leaves the list."""
         if self.loaded is not None and self.loaded.path == path:
             return None
-        if path in self.load_errors:
-            self.loaded, error = None, self.load_errors[path]
-        else:
-            self.loaded, error = load_cached(path, self.models) if path is not None else (None, None)
+        if self.needs_loading(path):
+            self.preload(path)
+        self.loaded, error = self.models.get(path), self.load_errors.get(path)
         if error:
             self.checkpoint_files.pop(path, None)
         if self.loaded is not None:

@@ -1,6 +1,7 @@
-"""What the docks share in Qt: short GC pauses while a dock is open, a layer list wide enough for patient names,
-their status lines and questions. The Qt-free side (patients, results, worker priority, the GC freeze itself) is in
-``napari_lgg_seg.layers``. Nothing here imports torch.
+"""What the docks share in Qt: later turns and low-priority workers, short GC pauses while a dock is open, a layer
+list wide enough for patient names, their rows, status lines and questions. The Qt-free side (patients, results,
+worker priority, the GC freeze itself) is in ``napari_lgg_seg.layers``. Importing this imports no torch (only
+``device_choices``, when a form calls it).
 """
 
 from __future__ import annotations

@@ -236,7 +236,7 @@ class PatientBrowser(Container):
             self.session.refuse("Open a dataset root first.")
             return None
         if segment_dock(self.viewer).running:
-            self.session.refuse("The Segment dock is still busy with a run; segment again when it has finished.")
+            self.session.refuse("The Segment dock is still busy (a run, or a model loading); segment again when it has finished.")
             return None
         worker = segment_current(self.viewer, self.current_patient_id)
         if worker is None:

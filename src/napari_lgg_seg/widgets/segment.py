@@ -136,9 +136,7 @@ class SegmentWidget(widgets.Container):
         self.autosave_timer.start()
         for layer in self.session.open_results():
             self._watch_labels(layer)
-        if self.session.needs_loading(self.model_combo.value):  # the dock opens with its model loaded
-            self.session.preload(self.model_combo.value)
-        self._on_model_changed()
+        self._on_model_changed(wait=True)  # the dock opens with its model loaded
         ui.fit_layer_list_to_patients(self.viewer)
         ui.keep_gc_pauses_short(self.viewer, self.native)
 
@@ -198,20 +196,18 @@ class SegmentWidget(widgets.Container):
         """Add a checkpoint file to the model list and select it; False (and a message) if it cannot be loaded.
         ``wait=False`` (the Checkpoint… button) loads it in a worker: False until it is loaded."""
         key = self.session.add_checkpoint_file(path, label)
-        if wait and self.session.needs_loading(key):
-            self.session.preload(key)
-        self.model_combo.reset_choices()
-        if self.model_combo.value != key:
+        with self.model_combo.changed.blocked():  # one selection below, loaded as ``wait`` says
+            self.model_combo.reset_choices()
             self.model_combo.value = key
-        else:
-            self._on_model_changed()
+        self._on_model_changed(wait=wait)
         return self.loaded_model is not None and self.loaded_model.path == key
 
-    def _on_model_changed(self, *args) -> None:
+    def _on_model_changed(self, *args, wait: bool = False) -> None:
+        """Load the listed model as the current one: in a worker, or here and now with ``wait``."""
         path = self.model_combo.value
         if self._loading_model:  # the loaded model follows the list when the load ends
             return
-        if self.session.needs_loading(path):  # torch takes 50-150 ms to load: in a worker, the window keeps painting
+        if not wait and self.session.needs_loading(path):  # torch takes 50-150 ms: in a worker, the window paints
             self._loading_model = True
             self.model_label.value = ui.status_html(f"Loading {Path(path).name}…")
             worker = ui.background(self.session.preload)(path)
